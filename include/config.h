@@ -1,0 +1,65 @@
+/* config: proxy.ini (read with inih) into struct config, with defaults and validation.
+ * No ev.h and no sockets: loading touches only the file it is given. */
+#ifndef CONNECTD_CONFIG_H
+#define CONNECTD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "policy.h"
+
+#define CONFIG_ERR_MAX 512
+
+enum log_level {
+    LOG_ERROR = 0,
+    LOG_WARN,
+    LOG_INFO,
+    LOG_DEBUG,
+};
+
+struct listen_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+};
+
+struct config {
+    /* [server] */
+    struct listen_addr *listen;
+    size_t nlisten;
+    /* [access] */
+    struct access_config access;
+    /* [dns] */
+    char *dns_servers; /* NULL or "" = system resolv.conf; else c-ares CSV "1.2.3.4:53,[::1]:53" */
+    unsigned dns_cache;
+    /* [timeouts], seconds */
+    double timeout_handshake, timeout_dns, timeout_connect, timeout_idle, timeout_shutdown;
+    /* [limits] */
+    unsigned max_connections;
+    unsigned per_client_connections;
+    unsigned per_client_rate;
+    size_t max_request_bytes;
+    /* [log] */
+    enum log_level log_level;
+    char *access_log; /* "stderr", "off", or a path */
+};
+
+/* Fill every field with the documented default (listen 127.0.0.1:3128, allow_ports 443,
+ * allow_hosts *, allow_clients 127.0.0.0/8 + ::1, deny_private yes, ...). */
+void config_defaults(struct config *c);
+
+/* Start from config_defaults() and apply the file. On error returns -1 and writes "FILE:LINE: [section] key: what
+ * is wrong" into err (or "FILE: cannot open: <strerror>"); *c is then freed and zeroed. */
+int config_load_file(const char *path, struct config *c, char *err, size_t errlen);
+
+/* Same, from a string; name is used in messages in place of a file name. */
+int config_load_string(const char *text, const char *name, struct config *c, char *err,
+                       size_t errlen);
+
+void config_free(struct config *c);
+
+/* Parse "250ms", "10s", "5m", "1h" (a unit is required; "0" alone is allowed and means zero).
+ * Returns 0 and sets *seconds, or -1. */
+int config_parse_duration(const char *s, double *seconds);
+
+#endif
