@@ -13,9 +13,9 @@
 
 /* An IPv4 or IPv6 network. IPv4 is kept as family AF_INET with 4 bytes used. */
 struct cidr {
-    int family;         /* AF_INET or AF_INET6 */
-    uint8_t bytes[16];  /* network address, host bits zeroed */
-    unsigned prefix;    /* 0-32 or 0-128 */
+    int family;        /* AF_INET or AF_INET6 */
+    uint8_t bytes[16]; /* network address, host bits zeroed */
+    unsigned prefix;   /* 0-32 or 0-128 */
 };
 
 /* Parse "1.2.3.4:80" or "[::1]:80" (port mandatory, 1-65535) into *ss.

@@ -48,8 +48,9 @@ struct config {
  * allow_hosts *, allow_clients 127.0.0.0/8 + ::1, deny_private yes, ...). */
 void config_defaults(struct config *c);
 
-/* Start from config_defaults() and apply the file. On error returns -1 and writes "FILE:LINE: [section] key: what
- * is wrong" into err (or "FILE: cannot open: <strerror>"); *c is then freed and zeroed. */
+/* Start from config_defaults() and apply the file. On error returns -1 and writes "FILE:LINE:
+ * [section] key: what is wrong" into err (or "FILE: cannot open: <strerror>"); *c is then freed and
+ * zeroed. */
 int config_load_file(const char *path, struct config *c, char *err, size_t errlen);
 
 /* Same, from a string; name is used in messages in place of a file name. */

@@ -12,7 +12,7 @@
 #include <stdint.h>
 
 /* Longest host name kept (DNS limit is 253 characters plus a trailing dot). */
-#define HTTP_HOST_MAX 255
+#define HTTP_HOST_MAX   255
 #define HTTP_METHOD_MAX 32
 
 enum http_host_kind {
@@ -51,8 +51,8 @@ enum http_parse_result {
 /* Parser state. Zero it with http_parser_init() before the first call. */
 struct http_parser {
     struct http_limits limits;
-    int state;       /* internal */
-    size_t pos;      /* bytes examined so far */
+    int state;  /* internal */
+    size_t pos; /* bytes examined so far */
     size_t line_start;
     size_t nheaders;
     int host_count;

@@ -81,8 +81,8 @@ enum policy_target {
 /* Step 1. host is already normalised (lowercase, no trailing dot); is_ip tells whether it is an
  * IP literal (then CIDR patterns are matched against it here, and name patterns other than "*"
  * never match it). deny_hosts wins over allow_hosts. */
-enum policy_target policy_check_target(const struct access_config *a, const char *host,
-                                       bool is_ip, uint16_t port);
+enum policy_target policy_check_target(const struct access_config *a, const char *host, bool is_ip,
+                                       uint16_t port);
 
 enum policy_addr {
     POLICY_ADDR_ALLOW = 1,

@@ -1,0 +1,42 @@
+/* server: the process-wide state the loop callbacks share. */
+#ifndef CONNECTD_SERVER_H
+#define CONNECTD_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <ev.h>
+
+#include "config.h"
+
+struct dns;
+struct listener;
+struct tunnel;
+struct buf;
+struct client_table;
+
+struct server {
+    struct ev_loop *loop;
+    const struct config *cfg;
+    struct dns *dns;
+    struct listener *listeners;
+    size_t nlisteners;
+    int spare_fd;        /* held in reserve so EMFILE can still accept-and-close */
+    struct tunnel *live; /* every open tunnel */
+    struct tunnel *dead; /* closed, freed by reaper once the current callbacks return */
+    ev_check reaper;
+    unsigned active;   /* tunnels counted against max_connections */
+    unsigned refusing; /* connections only being sent a refusal (503 at the limit) */
+    struct buf *pool;  /* free relay buffers, linked through their first bytes */
+    size_t npool;
+    struct client_table *clients; /* NULL unless a per-client limit is set */
+    ev_timer sweep_timer;
+    bool draining;
+    ev_timer drain_timer;
+};
+
+/* Stop accepting and refuse handshakes in progress; established tunnels may finish until the
+ * shutdown timeout, then the loop ends. */
+void server_drain(struct server *srv);
+
+#endif

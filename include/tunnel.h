@@ -1,0 +1,84 @@
+/* tunnel: one client connection from accept to close, and the relay that moves its bytes.
+ * tunnel.c owns the handshake state machine; relay.c pumps bytes once the tunnel is up. */
+#ifndef CONNECTD_TUNNEL_H
+#define CONNECTD_TUNNEL_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <ev.h>
+
+#include "server.h"
+
+struct client_entry;
+
+enum tunnel_state {
+    TUNNEL_READ_REQUEST = 1, /* reading the CONNECT header block */
+    TUNNEL_RESOLVING,        /* waiting for DNS */
+    TUNNEL_CONNECTING,       /* non-blocking connect to one address after another */
+    TUNNEL_RELAY,            /* 200 queued, bytes flow both ways */
+    TUNNEL_ERROR_REPLY,      /* writing a refusal */
+    TUNNEL_LINGER,           /* refusal sent; reading and discarding until the client closes */
+    TUNNEL_CLOSED,
+};
+
+union sockaddr_any {
+    struct sockaddr sa;
+    struct sockaddr_in sin;
+    struct sockaddr_in6 sin6;
+};
+
+/* One side of the tunnel. Bytes read from this side wait in `in` until written to the peer. */
+struct endpoint {
+    int fd;
+    ev_io rw, ww;
+    struct buf *in; /* NULL while nothing is in flight: an idle tunnel holds no buffer */
+    uint64_t sent;  /* bytes written to this side */
+    bool eof;       /* read returned 0: nothing more will come from this side */
+    bool shut;      /* we called shutdown(SHUT_WR) on this side */
+    struct endpoint *peer;
+    struct tunnel *t;
+};
+
+struct handshake;
+
+struct tunnel {
+    struct server *srv;
+    enum tunnel_state state;
+    struct endpoint client, upstream;
+    ev_timer timer; /* handshake, dns, connect, idle, linger: one timer per tunnel */
+    ev_tstamp started, last_active;
+    struct tunnel *prev, *next;
+    union sockaddr_any peer, up_addr;
+    struct handshake *hs;    /* request, parser, DNS answers: freed once the relay starts */
+    char *target;            /* "host:port" as requested, for the access log */
+    int status;              /* HTTP status sent, 0 if none */
+    bool counted;            /* counts against max_connections */
+    struct client_entry *ce; /* per-client accounting, NULL when not limited */
+};
+
+/* Take ownership of a freshly accepted, non-blocking client socket. */
+void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer);
+
+/* The one way a tunnel ends: stop watchers, cancel DNS, close fds, write the access-log line,
+ * unlink and queue the object for freeing after the current callbacks return. */
+void tunnel_close(struct tunnel *t, const char *reason);
+
+/* Free tunnels queued by tunnel_close(). */
+void tunnel_reap(struct server *srv);
+
+/* Refuse every tunnel still in its handshake with 503 (used when draining). */
+void tunnel_refuse_handshakes(struct server *srv);
+
+/* relay.c: enter TUNNEL_RELAY. reply/early are queued towards the client/upstream. Returns 0,
+ * or -1 when out of memory (the caller closes). */
+int relay_start(struct tunnel *t, const char *reply, size_t replylen, const char *early,
+                size_t earlylen);
+/* Buffers for the relay come from a small per-server pool. */
+struct buf *relay_buf_get(struct server *srv);
+void relay_buf_put(struct server *srv, struct buf *b);
+void relay_pool_free(struct server *srv);
+
+#endif

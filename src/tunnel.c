@@ -1,0 +1,611 @@
+/* tunnel: the per-client state machine from accept to close.
+ *
+ *   READ_REQUEST -> RESOLVING -> CONNECTING -> RELAY -> CLOSED
+ *        \______________\____________\__> ERROR_REPLY -> LINGER -> CLOSED
+ *
+ * Each state arms exactly the watchers it needs, and the one timer carries that state's
+ * deadline. Everything that ends a tunnel goes through tunnel_close(). */
+#include "tunnel.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "addr.h"
+#include "buf.h"
+#include "clients.h"
+#include "dns.h"
+#include "http.h"
+#include "log.h"
+#include "net.h"
+#include "policy.h"
+
+#define LINGER_SECONDS 2.0  /* after a refusal, wait this long for the client to close */
+#define REPLY_SECONDS  5.0  /* a refusal must be written within this */
+#define REFUSING_MAX   1024 /* connections being sent a 503 at once; beyond, just close */
+#define REPLY_MAX      1024
+
+struct handshake {
+    char *req; /* the request as received, max_request_bytes + 1 */
+    size_t reqlen, reqcap;
+    struct http_parser parser;
+    struct dns_query *dnsq;
+    struct dns_answer ans;
+    size_t next_addr;
+    bool name_allowed;      /* policy matched the name (not only a CIDR) */
+    int dial_errno;         /* last connect failure, 0 if none */
+    const char *deny_class; /* set when an address was refused as private */
+    bool denied_host;       /* set when an address was refused by deny_hosts */
+    ev_tstamp connect_deadline;
+    char reply[REPLY_MAX];
+    size_t replylen, replyoff;
+    const char *reason; /* close reason once the refusal is sent */
+};
+
+#define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
+
+static void client_request_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void connect_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static void dial_next(struct tunnel *t);
+
+static void arm_timer(struct tunnel *t, ev_tstamp after) {
+    ev_timer_stop(t->srv->loop, &t->timer);
+    ev_timer_set(&t->timer, after, 0.);
+    ev_timer_start(t->srv->loop, &t->timer);
+}
+
+static void endpoint_init(struct tunnel *t, struct endpoint *e, struct endpoint *peer) {
+    e->fd = -1;
+    e->t = t;
+    e->peer = peer;
+}
+
+/* ---- refusals ---- */
+
+static void reply_write_cb(struct ev_loop *loop, ev_io *w, int revents);
+
+static void linger_read_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    (void)revents;
+    struct tunnel *t = container_of(w, struct tunnel, client.rw);
+    char sink[4096];
+    for (int i = 0; i < 16; i++) {
+        ssize_t n = read(t->client.fd, sink, sizeof sink);
+        if (n > 0)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return;
+        tunnel_close(t, t->hs->reason); /* EOF or error: the client has our answer */
+        return;
+    }
+}
+
+static void reply_done(struct tunnel *t) {
+    struct ev_loop *loop = t->srv->loop;
+    ev_io_stop(loop, &t->client.ww);
+    /* Half-close and drain what the client still sends, so closing does not turn into an RST
+     * that could destroy the refusal before the client reads it. */
+    if (shutdown(t->client.fd, SHUT_WR) == -1) {
+        tunnel_close(t, t->hs->reason);
+        return;
+    }
+    t->state = TUNNEL_LINGER;
+    ev_set_cb(&t->client.rw, linger_read_cb);
+    ev_io_start(loop, &t->client.rw);
+    arm_timer(t, LINGER_SECONDS);
+}
+
+static void reply_flush(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    while (hs->replyoff < hs->replylen) {
+        ssize_t n = write(t->client.fd, hs->reply + hs->replyoff, hs->replylen - hs->replyoff);
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                ev_io_start(t->srv->loop, &t->client.ww);
+                return;
+            }
+            tunnel_close(t, hs->reason);
+            return;
+        }
+        hs->replyoff += (size_t)n;
+    }
+    reply_done(t);
+}
+
+static void reply_write_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    (void)revents;
+    reply_flush(container_of(w, struct tunnel, client.ww));
+}
+
+/* Answer the client with a refusal from the response table, then close. */
+static void refuse(struct tunnel *t, int status, const char *proxy_error, const char *params,
+                   const char *details, const char *reason) {
+    struct ev_loop *loop = t->srv->loop;
+    struct handshake *hs = t->hs;
+    if (hs->dnsq) {
+        dns_cancel(hs->dnsq);
+        hs->dnsq = NULL;
+    }
+    if (t->upstream.fd != -1) {
+        ev_io_stop(loop, &t->upstream.ww);
+        close(t->upstream.fd);
+        t->upstream.fd = -1;
+    }
+    ev_io_stop(loop, &t->client.rw);
+    const char *extra = status == 405 ? "Allow: CONNECT\r\n" : NULL;
+    hs->replylen =
+        http_build_error(hs->reply, sizeof hs->reply, status, proxy_error, params, details, extra);
+    if (hs->replylen == 0) /* details too long for the buffer: drop them */
+        hs->replylen =
+            http_build_error(hs->reply, sizeof hs->reply, status, proxy_error, params, NULL, extra);
+    hs->replyoff = 0;
+    hs->reason = reason;
+    t->status = status;
+    t->state = TUNNEL_ERROR_REPLY;
+    ev_set_cb(&t->client.ww, reply_write_cb);
+    arm_timer(t, REPLY_SECONDS);
+    reply_flush(t);
+}
+
+/* ---- the request ---- */
+
+static int set_target(struct tunnel *t, const struct http_request *req) {
+    size_t cap = strlen(req->host) + 16;
+    t->target = malloc(cap);
+    if (!t->target)
+        return -1;
+    if (req->host_kind == HTTP_HOST_IPV6)
+        snprintf(t->target, cap, "[%s]:%u", req->host, (unsigned)req->port);
+    else
+        snprintf(t->target, cap, "%s:%u", req->host, (unsigned)req->port);
+    return 0;
+}
+
+/* Copy the raw request line's target (up to the second space) for logging a bad request. */
+static void set_raw_target(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    const char *sp = memchr(hs->req, ' ', hs->reqlen);
+    if (!sp)
+        return;
+    sp++;
+    size_t rest = hs->reqlen - (size_t)(sp - hs->req);
+    size_t n = 0;
+    while (n < rest && n < 300 && sp[n] != ' ' && sp[n] != '\r' && sp[n] != '\n')
+        n++;
+    t->target = malloc(n + 1);
+    if (!t->target)
+        return;
+    memcpy(t->target, sp, n);
+    t->target[n] = '\0';
+}
+
+static void dns_done(void *arg, enum dns_status status, const struct dns_answer *ans,
+                     const char *rcode, const char *detail) {
+    struct tunnel *t = arg;
+    struct handshake *hs = t->hs;
+    hs->dnsq = NULL;
+    if (status == DNS_TIMEOUT) {
+        refuse(t, 504, "dns_timeout", NULL, detail, "dns_timeout");
+        return;
+    }
+    if (status != DNS_OK) {
+        char params[48] = "";
+        if (rcode)
+            snprintf(params, sizeof params, "rcode=\"%s\"", rcode);
+        refuse(t, 502, "dns_error", rcode ? params : NULL, detail, "dns_error");
+        return;
+    }
+    hs->ans = *ans;
+    hs->next_addr = 0;
+    hs->connect_deadline = ev_now(t->srv->loop) + t->srv->cfg->timeout_connect;
+    t->state = TUNNEL_CONNECTING;
+    dial_next(t);
+}
+
+static void request_complete(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    const struct config *cfg = t->srv->cfg;
+    const struct http_request *req = &hs->parser.req;
+    ev_io_stop(t->srv->loop, &t->client.rw);
+    if (set_target(t, req) == -1) {
+        refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
+        return;
+    }
+    bool is_ip = req->host_kind != HTTP_HOST_NAME;
+    switch (policy_check_target(&cfg->access, req->host, is_ip, req->port)) {
+    case POLICY_TARGET_DENY_PORT:
+        refuse(t, 403, "http_request_denied", NULL, "port not allowed", "denied_port");
+        return;
+    case POLICY_TARGET_DENY_HOST:
+        refuse(t, 403, "http_request_denied", NULL, "host not allowed", "denied_host");
+        return;
+    case POLICY_TARGET_ALLOW:
+        hs->name_allowed = true;
+        break;
+    case POLICY_TARGET_CHECK_ADDR:
+        hs->name_allowed = false;
+        break;
+    }
+    if (is_ip) {
+        hs->ans.n = 0;
+        if (addr_parse_ip(req->host, req->port, &hs->ans.addr[0], &hs->ans.len[0]) == -1) {
+            refuse(t, 400, "http_request_error", NULL, "bad IP address", "bad_request");
+            return;
+        }
+        hs->ans.n = 1;
+        hs->next_addr = 0;
+        hs->connect_deadline = ev_now(t->srv->loop) + cfg->timeout_connect;
+        t->state = TUNNEL_CONNECTING;
+        dial_next(t);
+        return;
+    }
+    t->state = TUNNEL_RESOLVING;
+    arm_timer(t, cfg->timeout_dns);
+    hs->dnsq = dns_lookup(t->srv->dns, req->host, req->port, dns_done, t);
+    if (!hs->dnsq)
+        refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
+}
+
+static void parse_error(struct tunnel *t) {
+    const struct http_parser *p = &t->hs->parser;
+    const char *reason = "bad_request";
+    if (p->status == 405)
+        reason = "method_not_allowed";
+    else if (p->status == 414 || p->status == 431)
+        reason = "too_large";
+    set_raw_target(t);
+    refuse(t, p->status, p->status == 405 ? "http_request_denied" : "http_request_error", NULL,
+           p->reason, reason);
+}
+
+static void client_request_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    (void)revents;
+    struct tunnel *t = container_of(w, struct tunnel, client.rw);
+    struct handshake *hs = t->hs;
+    size_t room = hs->reqcap - hs->reqlen;
+    ssize_t n = read(t->client.fd, hs->req + hs->reqlen, room);
+    if (n == -1) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        tunnel_close(t, "client_reset");
+        return;
+    }
+    if (n == 0) {
+        tunnel_close(t, hs->reqlen ? "client_eof_in_request" : "client_eof");
+        return;
+    }
+    hs->reqlen += (size_t)n;
+    switch (http_parse(&hs->parser, hs->req, hs->reqlen)) {
+    case HTTP_PARSE_MORE:
+        if (hs->reqlen == hs->reqcap) /* cannot happen: the parser caps below reqcap */
+            refuse(t, 431, "http_request_error", NULL, "request too large", "too_large");
+        return;
+    case HTTP_PARSE_ERROR:
+        parse_error(t);
+        return;
+    case HTTP_PARSE_DONE:
+        request_complete(t);
+        return;
+    }
+}
+
+/* ---- dialing ---- */
+
+static void connected(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    ev_io_stop(t->srv->loop, &t->upstream.ww);
+    ev_timer_stop(t->srv->loop, &t->timer);
+    t->status = 200;
+    size_t early = hs->reqlen - hs->parser.req.header_len;
+    if (relay_start(t, HTTP_CONNECT_OK, HTTP_CONNECT_OK_LEN, hs->req + hs->parser.req.header_len,
+                    early) == -1) {
+        t->status = 0;
+        tunnel_close(t, "out_of_memory");
+        return;
+    }
+    free(hs->req);
+    free(hs);
+    t->hs = NULL;
+}
+
+static void connect_failed(struct tunnel *t, int err) {
+    char a[ADDR_TEXT_MAX];
+    addr_format(&t->up_addr.sa, true, a, sizeof a);
+    log_debug("connect %s for %s: %s", a, t->target, strerror(err));
+    ev_io_stop(t->srv->loop, &t->upstream.ww);
+    close(t->upstream.fd);
+    t->upstream.fd = -1;
+    t->hs->dial_errno = err;
+    dial_next(t);
+}
+
+static void connect_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    (void)revents;
+    struct tunnel *t = container_of(w, struct tunnel, upstream.ww);
+    int err = net_connect_result(t->upstream.fd);
+    if (err == 0)
+        connected(t);
+    else
+        connect_failed(t, err);
+}
+
+static void dial_failed(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    switch (hs->dial_errno) {
+    case 0:
+        break;
+    case ETIMEDOUT:
+        refuse(t, 504, "connection_timeout", NULL, "upstream did not answer in time",
+               "connect_timeout");
+        return;
+    case ECONNREFUSED:
+        refuse(t, 502, "connection_refused", NULL, "connection refused", "connect_refused");
+        return;
+    default:
+        refuse(t, 502, "destination_unavailable", NULL, strerror(hs->dial_errno), "connect_failed");
+        return;
+    }
+    /* No address was dialed: every one was refused by policy. */
+    if (hs->deny_class && !hs->denied_host) {
+        char details[64];
+        snprintf(details, sizeof details, "destination is %s", hs->deny_class);
+        refuse(t, 403, "destination_ip_prohibited", NULL, details, "denied_private");
+        return;
+    }
+    refuse(t, 403, "http_request_denied", NULL, "destination not allowed", "denied_host");
+}
+
+static void dial_next(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    const struct config *cfg = t->srv->cfg;
+    ev_tstamp now = ev_now(t->srv->loop);
+    while (hs->next_addr < hs->ans.n) {
+        if (now >= hs->connect_deadline && hs->dial_errno != 0) {
+            hs->dial_errno = ETIMEDOUT;
+            break;
+        }
+        size_t i = hs->next_addr++;
+        const struct sockaddr *sa = (const struct sockaddr *)&hs->ans.addr[i];
+        const char *cls = NULL;
+        switch (policy_check_addr(&cfg->access, sa, hs->name_allowed, &cls)) {
+        case POLICY_ADDR_ALLOW:
+            break;
+        case POLICY_ADDR_PRIVATE:
+            hs->deny_class = cls;
+            continue;
+        case POLICY_ADDR_DENY_HOST:
+            hs->denied_host = true;
+            continue;
+        }
+        memcpy(&t->up_addr, sa, hs->ans.len[i]);
+        int fd = net_connect_start(sa, hs->ans.len[i]);
+        if (fd == -1) {
+            hs->dial_errno = errno;
+            continue;
+        }
+        t->upstream.fd = fd;
+        ev_io_set(&t->upstream.ww, fd, EV_WRITE);
+        ev_set_cb(&t->upstream.ww, connect_cb);
+        ev_io_start(t->srv->loop, &t->upstream.ww);
+        /* Share what is left of the connect budget among the addresses still to try, so one
+         * black-holed address cannot eat all of it; but give each a fair second. */
+        ev_tstamp left = hs->connect_deadline - now;
+        size_t remaining = hs->ans.n - hs->next_addr + 1;
+        ev_tstamp slot = left / (ev_tstamp)remaining;
+        if (slot < 1.0)
+            slot = left < 1.0 ? left : 1.0;
+        arm_timer(t, slot > 0.001 ? slot : 0.001);
+        return;
+    }
+    dial_failed(t);
+}
+
+/* ---- timer ---- */
+
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)revents;
+    struct tunnel *t = container_of(w, struct tunnel, timer);
+    switch (t->state) {
+    case TUNNEL_READ_REQUEST:
+        set_raw_target(t);
+        refuse(t, 408, "http_request_error", NULL, "request headers not received in time",
+               "handshake_timeout");
+        return;
+    case TUNNEL_RESOLVING:
+        refuse(t, 504, "dns_timeout", NULL, "name resolution timed out", "dns_timeout");
+        return;
+    case TUNNEL_CONNECTING:
+        connect_failed(t, ETIMEDOUT);
+        return;
+    case TUNNEL_RELAY: {
+        /* The timer is not pushed back on every byte; on expiry, check real inactivity. */
+        ev_tstamp idle = t->srv->cfg->timeout_idle;
+        ev_tstamp due = t->last_active + idle;
+        ev_tstamp now = ev_now(loop);
+        if (due > now) {
+            arm_timer(t, due - now);
+            return;
+        }
+        tunnel_close(t, t->srv->draining ? "shutdown" : "idle_timeout");
+        return;
+    }
+    case TUNNEL_ERROR_REPLY:
+    case TUNNEL_LINGER:
+        tunnel_close(t, t->hs->reason);
+        return;
+    case TUNNEL_CLOSED:
+        return;
+    }
+}
+
+/* ---- accept and close ---- */
+
+void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
+    const struct config *cfg = srv->cfg;
+    bool over = srv->active >= cfg->max_connections || srv->draining;
+    if (over && srv->refusing >= REFUSING_MAX) {
+        close(fd);
+        return;
+    }
+    struct tunnel *t = calloc(1, sizeof *t);
+    struct handshake *hs = calloc(1, sizeof *hs);
+    char *req = malloc(cfg->max_request_bytes + 1);
+    if (!t || !hs || !req) {
+        log_error("out of memory accepting a client");
+        free(t);
+        free(hs);
+        free(req);
+        close(fd);
+        return;
+    }
+    t->srv = srv;
+    t->hs = hs;
+    hs->req = req;
+    hs->reqcap = cfg->max_request_bytes + 1;
+    struct http_limits lim = {.max_total = cfg->max_request_bytes};
+    http_parser_init(&hs->parser, &lim);
+    endpoint_init(t, &t->client, &t->upstream);
+    endpoint_init(t, &t->upstream, &t->client);
+    t->client.fd = fd;
+    memcpy(&t->peer, peer, peer->sa_family == AF_INET6 ? sizeof t->peer.sin6 : sizeof t->peer.sin);
+    t->started = t->last_active = ev_now(srv->loop);
+    ev_io_init(&t->client.rw, client_request_cb, fd, EV_READ);
+    ev_io_init(&t->client.ww, reply_write_cb, fd, EV_WRITE);
+    ev_init(&t->upstream.rw, NULL);
+    ev_init(&t->upstream.ww, connect_cb);
+    ev_init(&t->timer, timer_cb);
+    t->next = srv->live;
+    if (srv->live)
+        srv->live->prev = t;
+    srv->live = t;
+    t->state = TUNNEL_READ_REQUEST;
+
+    if (over) {
+        srv->refusing++;
+        refuse(t, 503, "proxy_internal_response", NULL,
+               srv->draining ? "proxy is shutting down" : "too many connections",
+               srv->draining ? "shutdown" : "overload");
+        return;
+    }
+    t->counted = true;
+    srv->active++;
+    if (!policy_client_allowed(&cfg->access, peer)) {
+        refuse(t, 403, "http_request_denied", NULL, "client not allowed", "denied_client");
+        return;
+    }
+    if (srv->clients) {
+        switch (clients_admit(srv->clients, peer, ev_now(srv->loop), &t->ce)) {
+        case CLIENT_OK:
+            break;
+        case CLIENT_TOO_MANY:
+            refuse(t, 429, "http_request_denied", NULL, "too many connections from this client",
+                   "client_limit");
+            return;
+        case CLIENT_TOO_FAST:
+            refuse(t, 429, "http_request_denied", NULL, "connection rate limit exceeded",
+                   "client_rate");
+            return;
+        }
+    }
+    net_tune(fd);
+    ev_io_start(srv->loop, &t->client.rw);
+    arm_timer(t, cfg->timeout_handshake);
+}
+
+static void access_line(struct tunnel *t, const char *reason) {
+    char client[ADDR_TEXT_MAX], up[ADDR_TEXT_MAX] = "-", target[1024] = "-";
+    addr_format(&t->peer.sa, true, client, sizeof client);
+    if (t->up_addr.sa.sa_family != 0 && t->status == 200)
+        addr_format(&t->up_addr.sa, true, up, sizeof up);
+    if (t->target)
+        log_escape(target, sizeof target, t->target, strlen(t->target));
+    uint64_t down = t->client.sent;
+    if (t->status == 200)
+        down = down > HTTP_CONNECT_OK_LEN ? down - HTTP_CONNECT_OK_LEN : 0;
+    else
+        down = 0;
+    char line[1400];
+    int n = snprintf(line, sizeof line,
+                     "client=%s target=%s upstream=%s status=%d up=%llu down=%llu duration=%.3f "
+                     "reason=%s",
+                     client, target, up, t->status, (unsigned long long)t->upstream.sent,
+                     (unsigned long long)down, ev_now(t->srv->loop) - t->started, reason);
+    if (n > 0)
+        log_access(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
+}
+
+static void endpoint_close(struct server *srv, struct endpoint *e) {
+    ev_io_stop(srv->loop, &e->rw);
+    ev_io_stop(srv->loop, &e->ww);
+    if (e->fd != -1) {
+        close(e->fd);
+        e->fd = -1;
+    }
+    if (e->in) {
+        relay_buf_put(srv, e->in);
+        e->in = NULL;
+    }
+}
+
+void tunnel_close(struct tunnel *t, const char *reason) {
+    struct server *srv = t->srv;
+    if (t->state == TUNNEL_CLOSED)
+        return;
+    t->state = TUNNEL_CLOSED;
+    ev_timer_stop(srv->loop, &t->timer);
+    if (t->hs && t->hs->dnsq) {
+        dns_cancel(t->hs->dnsq);
+        t->hs->dnsq = NULL;
+    }
+    endpoint_close(srv, &t->client);
+    endpoint_close(srv, &t->upstream);
+    if (log_access_enabled())
+        access_line(t, reason);
+    if (t->ce)
+        clients_release(srv->clients, t->ce, ev_now(srv->loop));
+    if (t->counted)
+        srv->active--;
+    else
+        srv->refusing--;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        srv->live = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    t->next = srv->dead;
+    srv->dead = t;
+    if (!ev_is_active(&srv->reaper))
+        ev_check_start(srv->loop, &srv->reaper);
+}
+
+void tunnel_reap(struct server *srv) {
+    while (srv->dead) {
+        struct tunnel *t = srv->dead;
+        srv->dead = t->next;
+        if (t->hs)
+            free(t->hs->req);
+        free(t->hs);
+        free(t->target);
+        free(t);
+    }
+    ev_check_stop(srv->loop, &srv->reaper);
+}
+
+void tunnel_refuse_handshakes(struct server *srv) {
+    struct tunnel *t = srv->live, *next;
+    for (; t; t = next) {
+        next = t->next;
+        if (t->state == TUNNEL_READ_REQUEST || t->state == TUNNEL_RESOLVING ||
+            t->state == TUNNEL_CONNECTING)
+            refuse(t, 503, "proxy_internal_response", NULL, "proxy is shutting down", "shutdown");
+    }
+}
