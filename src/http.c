@@ -1,0 +1,729 @@
+/* http: bounded, incremental parser for a proxy's CONNECT request (RFC 9112, RFC 9110 §9.3.6),
+ * and the builder of the proxy's own responses. Pure: no syscalls, no ev.h, no allocation.
+ *
+ * How it works: http_parse() walks the caller's buffer one byte at a time from p->pos. Every
+ * check is a function of the bytes seen so far and runs at the byte that decides it, so the
+ * outcome (result, status, reason, req) does not depend on how the bytes were split across
+ * reads. A byte is looked at by the scan loop once and, when its line is complete, once more by
+ * the line parser: total work is linear in the request size.
+ *
+ * Choices where the RFCs are silent or leave room:
+ * - Limits: a zero field in struct http_limits means the default (max_line 8192, max_headers 100,
+ *   max_total 16384). http_parser_init() resolves the defaults, so p->limits holds the values in
+ *   force. A calloc'd parser (state 0) is initialised with defaults on the first http_parse().
+ * - max_line counts the request line without its CR LF; it is reported (414) as soon as the
+ *   buffered part of the line is longer, without waiting for the LF. max_total counts every byte
+ *   of the header block, including ignored empty lines before the request line and the final
+ *   empty line; 431 as soon as one byte too many arrives. When one byte breaks both, 414 wins.
+ *   max_headers counts header field lines (431 when the count is exceeded).
+ * - Up to HTTP_LEADING_EMPTY_MAX (4) empty lines before the request line are ignored (RFC 9112
+ *   §2.2); one more is a 400.
+ * - Line endings: CR LF or a bare LF; a CR not followed by LF anywhere is a 400.
+ * - Request line: exactly "method SP target SP HTTP/1.x"; checked in this order: shape, version,
+ *   method, target. So "GET / HTTP/1.1" is a 405 (not a 400 for the origin-form target), but
+ *   "GET / HTTP/2.0" is a 400. Bytes that can never be part of a request line (CTL, HTAB, DEL,
+ *   non-ASCII, a non-token byte in the method) are refused at once, so a client speaking TLS or
+ *   garbage to the proxy gets a 400 on its first bytes instead of waiting for the timeout.
+ * - A method longer than HTTP_METHOD_MAX is a 400 ("method too long"), not a 405: it is refused
+ *   before it could be copied. On a 405, req.method holds the method, and the request line is
+ *   buf[p->line_start .. p->pos) (for a PAC answer or the access log).
+ * - HTTP versions other than HTTP/1.0 and HTTP/1.1 are a 400 (not 505), as the status set
+ *   documented in http.h is 400/405/414/431.
+ * - Host: one Host field with a valid authority (port optional) is required for HTTP/1.1; a
+ *   second Host is a 400 in any version; an invalid or empty Host is a 400 even in HTTP/1.0.
+ *   Host need not equal the target: the target decides where we connect, and the policy checks
+ *   the target. (RFC 9110 §7.2 has the target win for a proxy.)
+ * - Content-Length is allowed only when every occurrence is exactly "0" (CONNECT has no body
+ *   that we could tell apart from tunnel data); any Transfer-Encoding is a 400.
+ * - The first Proxy-Authorization field is remembered even when its value is empty (later ones
+ *   are ignored); the auth module decides what an empty or duplicate credential means.
+ * - Header fields other than Host, Content-Length, Transfer-Encoding and Proxy-Authorization are
+ *   validated (name is a token, value bytes are VCHAR / obs-text / SP / HTAB) and ignored.
+ * - Authority: reg-name bytes are letters, digits, '-', '_' and '.'; labels of 1-63 bytes, at
+ *   most 253 bytes after one trailing dot is removed; stored lowercased. Hyphens at the start or
+ *   end of a label are tolerated (resolvers accept them). Anti-SSRF: when the last label is a
+ *   number (all digits, or "0x"/"0X" followed by zero or more hex digits, as in the WHATWG URL
+ *   "ends in a number" rule) the name is an IPv4 address in some notation: only a canonical
+ *   dotted quad is accepted (as HTTP_HOST_IPV4), everything else ("127.1", "2130706433",
+ *   "0x7f.1", "0177.0.0.1", "1.2.3.04") is a 400. "1.2.3.4." is the IPv4 1.2.3.4. IPv6 only in
+ *   brackets, without zone id or IPvFuture, stored as inet_ntop() prints it. A port is 1-5
+ *   digits with a value of 1-65535 ("00443" is 443); "host:" with an empty port is a 400 even
+ *   where the port is optional.
+ * - http_build_error(): details longer than HTTP_DETAILS_MAX (256) bytes are cut; '"' becomes
+ *   '\'', '\\' becomes '/', other bytes outside 0x20-0x7E become '?', in both the Proxy-Status
+ *   header and the body. The output is NUL-terminated; 0 is returned when the reply plus its NUL
+ *   does not fit, or when proxy_error is not an sf-token, params holds a byte outside 0x20-0x7E,
+ *   or extra is not a sequence of non-empty CR LF terminated lines (no header injection). */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+
+#define HTTP_DEFAULT_MAX_LINE    8192
+#define HTTP_DEFAULT_MAX_HEADERS 100
+#define HTTP_DEFAULT_MAX_TOTAL   16384
+#define HTTP_LEADING_EMPTY_MAX   4
+#define HTTP_DETAILS_MAX         256
+#define HTTP_NAME_MAX            253
+#define HTTP_LABEL_MAX           63
+
+enum http_state {
+    HTTP_ST_METHOD = 1, /* in the request line before its first SP, or in a leading empty line */
+    HTTP_ST_REQLINE,    /* in the request line after its first SP */
+    HTTP_ST_HEADERS,    /* at or in a header field line, or the final empty line */
+    HTTP_ST_DONE,
+    HTTP_ST_ERROR,
+};
+
+const char HTTP_CONNECT_OK[] = "HTTP/1.1 200 Connection established\r\n\r\n";
+const size_t HTTP_CONNECT_OK_LEN = sizeof(HTTP_CONNECT_OK) - 1;
+
+/* tchar from RFC 9110 §5.6.2. */
+static bool is_tchar(unsigned char c) {
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return true;
+    return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static bool is_digit(unsigned char c) {
+    return c >= '0' && c <= '9';
+}
+
+static bool is_hex(unsigned char c) {
+    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static bool is_alpha(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static unsigned char to_lower(unsigned char c) {
+    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c - 'A' + 'a') : c;
+}
+
+/* Case-insensitive comparison of s[0..n) with a lowercase NUL-terminated name. */
+static bool name_is(const unsigned char *s, size_t n, const char *lower) {
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (lower[i] == '\0' || to_lower(s[i]) != (unsigned char)lower[i])
+            return false;
+    }
+    return lower[i] == '\0';
+}
+
+/* ---- authority ---------------------------------------------------------------------------- */
+
+/* "1-5 digits, 1..65535". */
+static const char *parse_port(const unsigned char *s, size_t n, uint16_t *port) {
+    unsigned long v = 0;
+
+    if (n == 0)
+        return "missing port";
+    if (n > 5)
+        return "bad port";
+    for (size_t i = 0; i < n; i++) {
+        if (!is_digit(s[i]))
+            return "bad port";
+        v = v * 10 + (unsigned long)(s[i] - '0');
+    }
+    if (v == 0 || v > 65535)
+        return "port out of range";
+    *port = (uint16_t)v;
+    return NULL;
+}
+
+/* Exactly four decimal parts 0-255, no leading zeros except "0" itself. */
+static bool is_canonical_ipv4(const unsigned char *s, size_t n) {
+    size_t i = 0;
+
+    for (int part = 0; part < 4; part++) {
+        size_t start = i;
+        unsigned v = 0;
+
+        while (i < n && is_digit(s[i]) && i - start < 3) {
+            v = v * 10 + (unsigned)(s[i] - '0');
+            i++;
+        }
+        if (i == start || v > 255 || (s[start] == '0' && i - start > 1))
+            return false;
+        if (part < 3) {
+            if (i >= n || s[i] != '.')
+                return false;
+            i++;
+        }
+    }
+    return i == n;
+}
+
+/* Does this label look like a number to an inet_aton-style or WHATWG URL parser? */
+static bool label_is_numeric(const unsigned char *s, size_t n) {
+    size_t i = 0;
+
+    if (n >= 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+        for (i = 2; i < n; i++) {
+            if (!is_hex(s[i]))
+                return false;
+        }
+        return true;
+    }
+    for (i = 0; i < n; i++) {
+        if (!is_digit(s[i]))
+            return false;
+    }
+    return n > 0;
+}
+
+/* reg-name or dotted quad; out has HTTP_HOST_MAX + 1 bytes. */
+static const char *parse_name(const unsigned char *s, size_t n, char *out,
+                              enum http_host_kind *kind) {
+    size_t label_start = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+
+        if (!is_alpha(c) && !is_digit(c) && c != '-' && c != '_' && c != '.')
+            return "bad character in host";
+    }
+    if (n > 0 && s[n - 1] == '.')
+        n--;
+    if (n == 0)
+        return "empty host";
+    if (n > HTTP_NAME_MAX)
+        return "host name too long";
+    for (size_t i = 0; i <= n; i++) {
+        if (i == n || s[i] == '.') {
+            if (i == label_start)
+                return "empty label in host";
+            if (i - label_start > HTTP_LABEL_MAX)
+                return "host label too long";
+            if (i < n)
+                label_start = i + 1;
+        }
+    }
+    /* Anti-SSRF: "127.1", "2130706433", "0x7f.1" are IPv4 addresses to many resolvers. */
+    if (label_is_numeric(s + label_start, n - label_start)) {
+        if (!is_canonical_ipv4(s, n))
+            return "non-canonical IPv4 address";
+        *kind = HTTP_HOST_IPV4;
+    } else {
+        *kind = HTTP_HOST_NAME;
+    }
+    for (size_t i = 0; i < n; i++)
+        out[i] = (char)to_lower(s[i]);
+    out[n] = '\0';
+    return NULL;
+}
+
+/* The inside of "[...]"; out has HTTP_HOST_MAX + 1 bytes. */
+static const char *parse_ipv6(const unsigned char *s, size_t n, char *out) {
+    char tmp[INET6_ADDRSTRLEN];
+    struct in6_addr a;
+
+    if (n == 0)
+        return "empty IPv6 address";
+    if (s[0] == 'v' || s[0] == 'V')
+        return "IPvFuture not supported";
+    if (memchr(s, '%', n) != NULL)
+        return "IPv6 zone id not allowed";
+    if (n >= sizeof(tmp))
+        return "bad IPv6 address";
+    for (size_t i = 0; i < n; i++) {
+        if (!is_hex(s[i]) && s[i] != ':' && s[i] != '.')
+            return "bad IPv6 address";
+    }
+    memcpy(tmp, s, n);
+    tmp[n] = '\0';
+    if (inet_pton(AF_INET6, tmp, &a) != 1)
+        return "bad IPv6 address";
+    if (inet_ntop(AF_INET6, &a, out, HTTP_HOST_MAX + 1) == NULL)
+        return "bad IPv6 address";
+    return NULL;
+}
+
+int http_parse_authority(const char *str, size_t len, bool port_optional, struct http_request *req,
+                         const char **reason) {
+    const unsigned char *s = (const unsigned char *)str;
+    const unsigned char *host, *port_str = NULL;
+    size_t host_len, port_len = 0;
+    bool bracket = false;
+    char out[HTTP_HOST_MAX + 1];
+    enum http_host_kind kind = HTTP_HOST_IPV6;
+    uint16_t port = 0;
+    const char *why;
+
+    if (len == 0) {
+        *reason = "empty authority";
+        return -1;
+    }
+    if (memchr(s, '/', len) != NULL) {
+        *reason = "request target must be host:port";
+        return -1;
+    }
+    if (memchr(s, '@', len) != NULL) {
+        *reason = "userinfo not allowed";
+        return -1;
+    }
+    if (s[0] == '[') {
+        const unsigned char *rb = memchr(s, ']', len);
+        size_t after;
+
+        if (rb == NULL) {
+            *reason = "unterminated IPv6 address";
+            return -1;
+        }
+        bracket = true;
+        host = s + 1;
+        host_len = (size_t)(rb - host);
+        after = (size_t)(rb - s) + 1;
+        if (after < len) {
+            if (s[after] != ':') {
+                *reason = "bad authority";
+                return -1;
+            }
+            port_str = s + after + 1;
+            port_len = len - after - 1;
+        }
+    } else {
+        const unsigned char *colon = memchr(s, ':', len);
+
+        host = s;
+        host_len = len;
+        if (colon != NULL) {
+            host_len = (size_t)(colon - s);
+            port_str = colon + 1;
+            port_len = len - host_len - 1;
+            if (memchr(port_str, ':', port_len) != NULL) {
+                *reason = "IPv6 address must be in brackets";
+                return -1;
+            }
+        }
+    }
+
+    why = bracket ? parse_ipv6(host, host_len, out) : parse_name(host, host_len, out, &kind);
+    if (why == NULL) {
+        if (port_str != NULL)
+            why = parse_port(port_str, port_len, &port);
+        else if (!port_optional)
+            why = "missing port";
+    }
+    if (why != NULL) {
+        *reason = why;
+        return -1;
+    }
+    memcpy(req->host, out, strlen(out) + 1);
+    req->host_kind = kind;
+    req->port = port;
+    return 0;
+}
+
+/* ---- request parser ----------------------------------------------------------------------- */
+
+void http_parser_init(struct http_parser *p, const struct http_limits *limits) {
+    memset(p, 0, sizeof(*p));
+    if (limits != NULL)
+        p->limits = *limits;
+    if (p->limits.max_line == 0)
+        p->limits.max_line = HTTP_DEFAULT_MAX_LINE;
+    if (p->limits.max_headers == 0)
+        p->limits.max_headers = HTTP_DEFAULT_MAX_HEADERS;
+    if (p->limits.max_total == 0)
+        p->limits.max_total = HTTP_DEFAULT_MAX_TOTAL;
+    p->state = HTTP_ST_METHOD;
+}
+
+/* at is the index of the byte that decided the error. */
+static enum http_parse_result fail(struct http_parser *p, size_t at, int status,
+                                   const char *reason) {
+    p->state = HTTP_ST_ERROR;
+    p->pos = at + 1;
+    p->status = status;
+    p->reason = reason;
+    return HTTP_PARSE_ERROR;
+}
+
+/* The request line is b[ls..e), without its line ending; lf is the index of its LF. It has a
+ * first SP (the state machine saw it) and only SP, CR-free printable ASCII. */
+static enum http_parse_result request_line(struct http_parser *p, const unsigned char *b, size_t ls,
+                                           size_t e, size_t lf) {
+    const unsigned char *sp1 = memchr(b + ls, ' ', e - ls);
+    const unsigned char *target, *sp2, *version;
+    size_t method_len, version_len;
+    const char *why;
+
+    if (sp1 == NULL)
+        return fail(p, lf, 400, "malformed request line");
+    method_len = (size_t)(sp1 - (b + ls));
+    target = sp1 + 1;
+    sp2 = memchr(target, ' ', (size_t)(b + e - target));
+    if (sp2 == NULL || sp2 == target)
+        return fail(p, lf, 400, "malformed request line");
+    version = sp2 + 1;
+    version_len = (size_t)(b + e - version);
+    if (memchr(version, ' ', version_len) != NULL)
+        return fail(p, lf, 400, "malformed request line");
+    if (version_len == 8 && memcmp(version, "HTTP/1.", 7) == 0 &&
+        (version[7] == '0' || version[7] == '1')) {
+        p->req.version_minor = version[7] - '0';
+    } else if (version_len == 8 && memcmp(version, "HTTP/", 5) == 0 && is_digit(version[5]) &&
+               version[6] == '.' && is_digit(version[7])) {
+        return fail(p, lf, 400, "HTTP version not supported");
+    } else {
+        return fail(p, lf, 400, "malformed HTTP version");
+    }
+
+    /* Longer methods were refused byte by byte already; this keeps the copy safe regardless. */
+    if (method_len > HTTP_METHOD_MAX)
+        return fail(p, lf, 400, "method too long");
+    memcpy(p->req.method, b + ls, method_len);
+    p->req.method[method_len] = '\0';
+    if (method_len != 7 || memcmp(p->req.method, "CONNECT", 7) != 0)
+        return fail(p, lf, 405, "method not allowed");
+
+    if (http_parse_authority((const char *)target, (size_t)(sp2 - target), false, &p->req, &why) !=
+        0)
+        return fail(p, lf, 400, why);
+    return HTTP_PARSE_MORE;
+}
+
+/* A non-empty header field line b[ls..e), without its line ending; lf is the index of its LF. */
+static enum http_parse_result header_line(struct http_parser *p, const unsigned char *b, size_t ls,
+                                          size_t e, size_t lf) {
+    size_t colon, vs, ve, name_len;
+    const unsigned char *name = b + ls;
+
+    if (b[ls] == ' ' || b[ls] == '\t')
+        return fail(p, lf, 400, "obs-fold not allowed");
+    if (++p->nheaders > p->limits.max_headers)
+        return fail(p, lf, 431, "too many header fields");
+
+    for (colon = ls; colon < e && b[colon] != ':'; colon++) {
+        if (b[colon] == ' ' || b[colon] == '\t')
+            return fail(p, lf, 400, "whitespace in header field name");
+        if (!is_tchar(b[colon]))
+            return fail(p, lf, 400, "bad header field name");
+    }
+    if (colon == e)
+        return fail(p, lf, 400, "missing colon in header field");
+    if (colon == ls)
+        return fail(p, lf, 400, "empty header field name");
+    name_len = colon - ls;
+
+    for (size_t i = colon + 1; i < e; i++) {
+        unsigned char c = b[i];
+
+        if (c != '\t' && (c < 0x20 || c == 0x7f))
+            return fail(p, lf, 400, "bad byte in header field value");
+    }
+    vs = colon + 1;
+    ve = e;
+    while (vs < ve && (b[vs] == ' ' || b[vs] == '\t'))
+        vs++;
+    while (ve > vs && (b[ve - 1] == ' ' || b[ve - 1] == '\t'))
+        ve--;
+
+    if (name_is(name, name_len, "host")) {
+        struct http_request scratch;
+        const char *why;
+
+        if (++p->host_count > 1)
+            return fail(p, lf, 400, "duplicate Host header");
+        if (http_parse_authority((const char *)b + vs, ve - vs, true, &scratch, &why) != 0)
+            return fail(p, lf, 400, "bad Host header");
+    } else if (name_is(name, name_len, "content-length")) {
+        if (ve - vs != 1 || b[vs] != '0')
+            return fail(p, lf, 400, "request body not allowed");
+    } else if (name_is(name, name_len, "transfer-encoding")) {
+        return fail(p, lf, 400, "Transfer-Encoding not allowed");
+    } else if (name_is(name, name_len, "proxy-authorization")) {
+        /* Offset 0 is the request line, so it means "not seen yet". */
+        if (p->req.proxy_auth_off == 0) {
+            p->req.proxy_auth_off = vs;
+            p->req.proxy_auth_len = ve - vs;
+        }
+    }
+    return HTTP_PARSE_MORE;
+}
+
+/* The LF at index lf ends the line that began at p->line_start. */
+static enum http_parse_result end_of_line(struct http_parser *p, const unsigned char *b,
+                                          size_t lf) {
+    size_t ls = p->line_start, e = lf;
+    enum http_parse_result r;
+
+    if (e > ls && b[e - 1] == '\r')
+        e--;
+
+    switch (p->state) {
+    case HTTP_ST_METHOD:
+        if (e != ls)
+            return fail(p, lf, 400, "malformed request line");
+        /* nheaders counts leading empty lines until the request line is complete. */
+        if (++p->nheaders > HTTP_LEADING_EMPTY_MAX)
+            return fail(p, lf, 400, "too many empty lines before request line");
+        break;
+    case HTTP_ST_REQLINE:
+        r = request_line(p, b, ls, e, lf);
+        if (r != HTTP_PARSE_MORE)
+            return r;
+        p->nheaders = 0;
+        p->state = HTTP_ST_HEADERS;
+        break;
+    case HTTP_ST_HEADERS:
+        if (e == ls) {
+            if (p->req.version_minor == 1 && p->host_count == 0)
+                return fail(p, lf, 400, "missing Host header");
+            p->state = HTTP_ST_DONE;
+            p->req.header_len = lf + 1;
+            p->pos = lf + 1;
+            return HTTP_PARSE_DONE;
+        }
+        r = header_line(p, b, ls, e, lf);
+        if (r != HTTP_PARSE_MORE)
+            return r;
+        break;
+    default:
+        return fail(p, lf, 400, "internal parser error");
+    }
+    p->line_start = lf + 1;
+    return HTTP_PARSE_MORE;
+}
+
+enum http_parse_result http_parse(struct http_parser *p, const char *buf, size_t len) {
+    const unsigned char *b = (const unsigned char *)buf;
+
+    if (p->state == 0) {
+        struct http_limits l = p->limits;
+
+        http_parser_init(p, &l);
+    }
+    if (p->state == HTTP_ST_DONE)
+        return HTTP_PARSE_DONE;
+    if (p->state == HTTP_ST_ERROR)
+        return HTTP_PARSE_ERROR;
+
+    for (size_t i = p->pos; i < len; i++) {
+        unsigned char c = b[i];
+
+        if (i > p->line_start && b[i - 1] == '\r' && c != '\n')
+            return fail(p, i, 400, "bare CR");
+        if (c != '\n' && p->state != HTTP_ST_HEADERS) {
+            /* Request line length without the CR that may be the first half of its CR LF. */
+            size_t n = i - p->line_start + (c == '\r' ? 0 : 1);
+
+            if (n > p->limits.max_line)
+                return fail(p, i, 414, "request line too long");
+        }
+        if (i + 1 > p->limits.max_total)
+            return fail(p, i, 431, "request header block too large");
+
+        if (c == '\n') {
+            enum http_parse_result r = end_of_line(p, b, i);
+
+            if (r != HTTP_PARSE_MORE)
+                return r;
+            continue;
+        }
+        if (c == '\r')
+            continue;
+        if (p->state == HTTP_ST_METHOD) {
+            if (c == ' ') {
+                if (i == p->line_start)
+                    return fail(p, i, 400, "malformed request line");
+                p->state = HTTP_ST_REQLINE;
+            } else if (!is_tchar(c)) {
+                return fail(p, i, 400, "malformed request line");
+            } else if (i - p->line_start + 1 > HTTP_METHOD_MAX) {
+                return fail(p, i, 400, "method too long");
+            }
+        } else if (p->state == HTTP_ST_REQLINE) {
+            if (c < 0x20 || c > 0x7e)
+                return fail(p, i, 400, "bad byte in request line");
+        }
+    }
+    p->pos = len > p->pos ? len : p->pos;
+    return HTTP_PARSE_MORE;
+}
+
+/* ---- responses ---------------------------------------------------------------------------- */
+
+const char *http_status_text(int status) {
+    switch (status) {
+    case 200:
+        return "Connection established";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 407:
+        return "Proxy Authentication Required";
+    case 408:
+        return "Request Timeout";
+    case 414:
+        return "URI Too Long";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Unknown";
+    }
+}
+
+/* A bounded writer: once something does not fit, every later write is dropped. */
+struct writer {
+    char *out;
+    size_t cap, len;
+    bool overflow;
+};
+
+static void put(struct writer *w, const char *s, size_t n) {
+    if (w->overflow || n > w->cap - w->len) {
+        w->overflow = true;
+        return;
+    }
+    memcpy(w->out + w->len, s, n);
+    w->len += n;
+}
+
+static void put_str(struct writer *w, const char *s) {
+    put(w, s, strlen(s));
+}
+
+static void put_uint(struct writer *w, size_t v) {
+    char tmp[24];
+    int n = snprintf(tmp, sizeof(tmp), "%zu", v);
+
+    if (n < 0 || (size_t)n >= sizeof(tmp)) {
+        w->overflow = true;
+        return;
+    }
+    put(w, tmp, (size_t)n);
+}
+
+/* Same length as the input: one byte out for every byte in. */
+static void put_sanitised(struct writer *w, const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char r = (char)c;
+
+        if (c == '"')
+            r = '\'';
+        else if (c == '\\')
+            r = '/';
+        else if (c < 0x20 || c > 0x7e)
+            r = '?';
+        put(w, &r, 1);
+    }
+}
+
+/* sf-token (RFC 8941 §3.3.4): ( ALPHA / "*" ) *( tchar / ":" / "/" ). */
+static bool is_sf_token(const char *s) {
+    const unsigned char *u = (const unsigned char *)s;
+
+    if (!is_alpha(u[0]) && u[0] != '*')
+        return false;
+    for (size_t i = 1; u[i] != '\0'; i++) {
+        if (!is_tchar(u[i]) && u[i] != ':' && u[i] != '/')
+            return false;
+    }
+    return true;
+}
+
+static bool is_printable(const char *s) {
+    for (const unsigned char *u = (const unsigned char *)s; *u != '\0'; u++) {
+        if (*u < 0x20 || *u > 0x7e)
+            return false;
+    }
+    return true;
+}
+
+/* Zero or more non-empty lines, each ending in CR LF, with no other CR or LF. */
+static bool is_header_lines(const char *s) {
+    size_t line_len = 0;
+
+    for (const unsigned char *u = (const unsigned char *)s; *u != '\0'; u++) {
+        if (*u == '\r') {
+            if (u[1] != '\n' || line_len == 0)
+                return false;
+            u++;
+            line_len = 0;
+        } else if (*u == '\n' || (*u < 0x20 && *u != '\t') || *u == 0x7f) {
+            return false;
+        } else {
+            line_len++;
+        }
+    }
+    return line_len == 0;
+}
+
+size_t http_build_error(char *out, size_t outlen, int status, const char *proxy_error,
+                        const char *params, const char *details, const char *extra) {
+    struct writer w = {.out = out, .cap = outlen, .len = 0, .overflow = false};
+    const char *text = http_status_text(status);
+    size_t dlen = details != NULL ? strnlen(details, HTTP_DETAILS_MAX) : 0;
+    size_t body_len;
+
+    if (out == NULL || outlen == 0)
+        return 0;
+    out[0] = '\0';
+    if (status < 100 || status > 999 || proxy_error == NULL || !is_sf_token(proxy_error) ||
+        (params != NULL && !is_printable(params)) || (extra != NULL && !is_header_lines(extra)))
+        return 0;
+
+    put_str(&w, "HTTP/1.1 ");
+    put_uint(&w, (size_t)status);
+    put_str(&w, " ");
+    put_str(&w, text);
+    put_str(&w, "\r\nProxy-Status: connectd; error=");
+    put_str(&w, proxy_error);
+    if (params != NULL && params[0] != '\0') {
+        put_str(&w, "; ");
+        put_str(&w, params);
+    }
+    if (details != NULL) {
+        put_str(&w, "; details=\"");
+        put_sanitised(&w, details, dlen);
+        put_str(&w, "\"");
+    }
+    put_str(&w, "\r\n");
+    if (extra != NULL)
+        put_str(&w, extra);
+
+    /* Body: "<status> <text>: <details or text>\n"; sanitising keeps the length. */
+    body_len = 3 + 1 + strlen(text) + 2 + (details != NULL ? dlen : strlen(text)) + 1;
+    put_str(&w, "Content-Type: text/plain\r\nContent-Length: ");
+    put_uint(&w, body_len);
+    put_str(&w, "\r\nConnection: close\r\n\r\n");
+
+    put_uint(&w, (size_t)status);
+    put_str(&w, " ");
+    put_str(&w, text);
+    put_str(&w, ": ");
+    if (details != NULL)
+        put_sanitised(&w, details, dlen);
+    else
+        put_str(&w, text);
+    put_str(&w, "\n");
+
+    /* Room for the NUL too, so callers may log the reply as a string. */
+    put(&w, "", 1);
+    if (w.overflow) {
+        out[0] = '\0';
+        return 0;
+    }
+    return w.len - 1;
+}
