@@ -12,10 +12,10 @@
 #define CONFIG_ERR_MAX 512
 
 enum log_level {
-    LOG_ERROR = 0,
-    LOG_WARN,
-    LOG_INFO,
-    LOG_DEBUG,
+    LOG_LEVEL_ERROR = 0,
+    LOG_LEVEL_WARN,
+    LOG_LEVEL_INFO,
+    LOG_LEVEL_DEBUG,
 };
 
 struct listen_addr {

@@ -39,7 +39,7 @@ struct sink {
 static struct sink err_sink = {.fd = -1};
 static struct sink acc_sink_store = {.fd = -1};
 static struct sink *acc_sink; /* NULL: access log off; may point at err_sink */
-static enum log_level cur_level = LOG_INFO;
+static enum log_level cur_level = LOG_LEVEL_INFO;
 static struct ev_loop *log_loop;
 static const char *level_names[] = {"error", "warn", "info", "debug"};
 

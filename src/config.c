@@ -1,0 +1,874 @@
+/* config: proxy.ini (read with inih) into struct config, with defaults and validation.
+ * No ev.h and no sockets: loading touches only the file it is given.
+ *
+ * inih is fed through ini_parse_stream() with our own line reader, which
+ *   - counts lines, so every message carries FILE:LINE (the packaged inih does not pass line
+ *     numbers to the handler);
+ *   - refuses lines longer than inih's line buffer, which inih would otherwise split silently;
+ *   - checks section headers as they come, so an unknown but empty section is reported too
+ *     (inih only calls the handler for keys);
+ *   - strips leading whitespace, so an indented "key = value" is an ordinary key instead of an
+ *     inih multi-line continuation of the previous key, and a value-only line is a syntax error.
+ * The first error stops parsing; nothing after it is applied. */
+#include "config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define DEFAULT_LISTEN        "127.0.0.1:3128"
+#define DEFAULT_ALLOW_PORTS   "443"
+#define DEFAULT_ALLOW_HOSTS   "*"
+#define DEFAULT_ALLOW_CLIENTS "127.0.0.0/8, ::1"
+#define DEFAULT_ACCESS_LOG    "stderr"
+#define DNS_DEFAULT_PORT      53
+#define MAX_DURATION          (24.0 * 3600.0)
+#define FILE_MAX              ((size_t)1024 * 1024)
+/* inih's line buffer must hold the line plus '\r', '\n' and '\0' (ini.h); a longer line would be
+ * cut in two and the second half parsed as a line of its own. */
+#define LINE_MAX_LEN (INI_MAX_LINE - 3)
+#define WHY_MAX      256
+#define ITEM_MAX     256
+
+enum key_id {
+    K_LISTEN = 0,
+    K_WORKERS,
+    K_USER,
+    K_PAC,
+    K_ALLOW_PORTS,
+    K_ALLOW_HOSTS,
+    K_DENY_HOSTS,
+    K_ALLOW_CLIENTS,
+    K_DENY_PRIVATE,
+    K_POLICY,
+    K_DNS_SERVERS,
+    K_DNS_CACHE,
+    K_AUTH_USERS_FILE,
+    K_AUTH_REALM,
+    K_TIMEOUT_HANDSHAKE,
+    K_TIMEOUT_DNS,
+    K_TIMEOUT_CONNECT,
+    K_TIMEOUT_IDLE,
+    K_TIMEOUT_SHUTDOWN,
+    K_MAX_CONNECTIONS,
+    K_PER_CLIENT_CONNECTIONS,
+    K_PER_CLIENT_RATE,
+    K_MAX_REQUEST_BYTES,
+    K_LOG_LEVEL,
+    K_ACCESS_LOG,
+    K_COUNT
+};
+
+static const struct key_def {
+    const char *section;
+    const char *name;
+    bool supported; /* false: part of the contract, not implemented yet: an error when set */
+} keys[K_COUNT] = {
+    [K_LISTEN] = {"server", "listen", true},
+    [K_WORKERS] = {"server", "workers", false},
+    [K_USER] = {"server", "user", false},
+    [K_PAC] = {"server", "pac", false},
+    [K_ALLOW_PORTS] = {"access", "allow_ports", true},
+    [K_ALLOW_HOSTS] = {"access", "allow_hosts", true},
+    [K_DENY_HOSTS] = {"access", "deny_hosts", true},
+    [K_ALLOW_CLIENTS] = {"access", "allow_clients", true},
+    [K_DENY_PRIVATE] = {"access", "deny_private", true},
+    [K_POLICY] = {"access", "policy", false},
+    [K_DNS_SERVERS] = {"dns", "servers", true},
+    [K_DNS_CACHE] = {"dns", "cache", true},
+    [K_AUTH_USERS_FILE] = {"auth", "users_file", false},
+    [K_AUTH_REALM] = {"auth", "realm", false},
+    [K_TIMEOUT_HANDSHAKE] = {"timeouts", "handshake", true},
+    [K_TIMEOUT_DNS] = {"timeouts", "dns", true},
+    [K_TIMEOUT_CONNECT] = {"timeouts", "connect", true},
+    [K_TIMEOUT_IDLE] = {"timeouts", "idle", true},
+    [K_TIMEOUT_SHUTDOWN] = {"timeouts", "shutdown", true},
+    [K_MAX_CONNECTIONS] = {"limits", "max_connections", true},
+    [K_PER_CLIENT_CONNECTIONS] = {"limits", "per_client_connections", true},
+    [K_PER_CLIENT_RATE] = {"limits", "per_client_rate", true},
+    [K_MAX_REQUEST_BYTES] = {"limits", "max_request_bytes", true},
+    [K_LOG_LEVEL] = {"log", "level", true},
+    [K_ACCESS_LOG] = {"log", "access_log", true},
+};
+
+static const char *const sections[] = {"server", "access", "dns", "timeouts",
+                                       "limits", "log",    "auth"};
+
+struct ctx {
+    struct config *c;
+    const char *name; /* file name for messages */
+    const char *text; /* whole input, and the reader's position in it */
+    size_t len, pos;
+    int lineno;        /* line the reader handed to inih last */
+    int seen[K_COUNT]; /* line where each key was set, 0 = not yet */
+    bool failed;       /* first error recorded in err; stop */
+    char *err;
+    size_t errlen;
+};
+
+__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen, const char *fmt,
+                                                         ...) {
+    va_list ap;
+
+    if (!err || errlen == 0)
+        return;
+    va_start(ap, fmt);
+    (void)vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Record the first error only. */
+__attribute__((format(printf, 2, 3))) static void fail(struct ctx *x, const char *fmt, ...) {
+    va_list ap;
+
+    if (x->failed)
+        return;
+    x->failed = true;
+    if (!x->err || x->errlen == 0)
+        return;
+    va_start(ap, fmt);
+    (void)vsnprintf(x->err, x->errlen, fmt, ap);
+    va_end(ap);
+}
+
+static bool is_space(char ch) {
+    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
+}
+
+static bool is_digit(char ch) {
+    return ch >= '0' && ch <= '9';
+}
+
+/* Next comma-separated item of *sp, whitespace-trimmed, into buf. 1: item (maybe empty),
+ * 0: end, -1: item too long for buf. */
+static int next_item(const char **sp, char *buf, size_t bufsize) {
+    const char *s = *sp, *end, *comma;
+    size_t n;
+
+    while (is_space(*s))
+        s++;
+    if (*s == '\0') {
+        *sp = s;
+        return 0;
+    }
+    comma = strchr(s, ',');
+    end = comma ? comma : s + strlen(s);
+    *sp = comma ? comma + 1 : end;
+    while (end > s && is_space(end[-1]))
+        end--;
+    n = (size_t)(end - s);
+    if (n >= bufsize) {
+        memcpy(buf, s, bufsize - 1);
+        buf[bufsize - 1] = '\0';
+        return -1;
+    }
+    memcpy(buf, s, n);
+    buf[n] = '\0';
+    return 1;
+}
+
+static size_t count_items(const char *s) {
+    size_t n = 1;
+
+    for (; *s; s++)
+        if (*s == ',')
+            n++;
+    return n;
+}
+
+/* ---- value parsers ---- */
+
+/* Strictly decimal: digits only (no sign, no space, no 0x), no overflow, within [min, max]. */
+static int parse_uint(const char *v, unsigned long min, unsigned long max, unsigned long *out) {
+    unsigned long x;
+    char *end;
+
+    if (!is_digit(v[0]))
+        return -1;
+    errno = 0;
+    x = strtoul(v, &end, 10);
+    if (errno != 0 || *end != '\0' || x < min || x > max)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int parse_bool(const char *v, bool *out) {
+    static const char *const yes[] = {"yes", "true", "on", "1"};
+    static const char *const no[] = {"no", "false", "off", "0"};
+
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++) {
+        if (strcasecmp(v, yes[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcasecmp(v, no[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int config_parse_duration(const char *s, double *seconds) {
+    double ip = 0, frac = 0, scale = 1, v;
+    size_t nd = 0, fd = 0;
+    const char *p = s;
+
+    if (!s)
+        return -1;
+    /* Digits are bounded so the value stays exact in a double; nobody needs more. */
+    for (; is_digit(*p); p++, nd++) {
+        if (nd >= 12)
+            return -1;
+        ip = ip * 10 + (*p - '0');
+    }
+    if (nd == 0)
+        return -1;
+    if (*p == '.') {
+        for (p++; is_digit(*p); p++, fd++) {
+            if (fd >= 9)
+                return -1;
+            frac = frac * 10 + (*p - '0');
+            scale *= 10;
+        }
+        if (fd == 0)
+            return -1;
+    }
+    v = ip + frac / scale;
+    if (*p == '\0') {
+        if (v != 0)
+            return -1; /* only zero may omit the unit */
+    } else if (strcmp(p, "ms") == 0) {
+        v /= 1000;
+    } else if (strcmp(p, "s") == 0) {
+        /* seconds already */
+    } else if (strcmp(p, "m") == 0) {
+        v *= 60;
+    } else if (strcmp(p, "h") == 0) {
+        v *= 3600;
+    } else {
+        return -1;
+    }
+    if (seconds)
+        *seconds = v;
+    return 0;
+}
+
+/* ---- setters: value -> field, or -1 with a reason in why ---- */
+
+static int set_listen(struct config *c, const char *v, char *why, size_t whylen) {
+    struct listen_addr *l = calloc(count_items(v), sizeof *l);
+    char item[ITEM_MAX], e[160];
+    size_t n = 0;
+    int r;
+
+    if (!l) {
+        seterr(why, whylen, "out of memory");
+        return -1;
+    }
+    while ((r = next_item(&v, item, sizeof item)) != 0) {
+        if (r < 0) {
+            seterr(why, whylen, "'%.40s...' is too long", item);
+            goto fail;
+        }
+        if (item[0] == '\0')
+            continue;
+        if (strpbrk(item, " \t")) {
+            seterr(why, whylen, "bad address '%s': separate items with commas", item);
+            goto fail;
+        }
+        if (addr_parse_hostport(item, &l[n].ss, &l[n].len, e, sizeof e) != 0) {
+            seterr(why, whylen, "bad address '%s': %s", item, e);
+            goto fail;
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (l[i].len == l[n].len && memcmp(&l[i].ss, &l[n].ss, l[n].len) == 0) {
+                seterr(why, whylen, "'%s' is listed twice", item);
+                goto fail;
+            }
+        }
+        n++;
+    }
+    if (n == 0) {
+        seterr(why, whylen, "needs at least one host:port, e.g. " DEFAULT_LISTEN);
+        goto fail;
+    }
+    free(c->listen);
+    c->listen = l;
+    c->nlisten = n;
+    return 0;
+fail:
+    free(l);
+    return -1;
+}
+
+/* A DNS server: IPv4 or [IPv6] literal with an optional port (default 53). No names: the
+ * resolver cannot resolve the address of its own servers. */
+static int parse_dns_server(const char *item, struct sockaddr_storage *ss, char *why,
+                            size_t whylen) {
+    const char *colon = strchr(item, ':');
+    size_t n = strlen(item);
+    char e[160];
+
+    if (item[0] == '[' && item[n - 1] == ']') {
+        char inner[ITEM_MAX];
+
+        memcpy(inner, item + 1, n - 2);
+        inner[n - 2] = '\0';
+        if (!strchr(inner, ':') || addr_parse_ip(inner, DNS_DEFAULT_PORT, ss, NULL) != 0) {
+            seterr(why, whylen, "bad server '%s': not an IPv6 address", item);
+            return -1;
+        }
+        return 0;
+    }
+    if (item[0] != '[' && !colon) {
+        if (addr_parse_ip(item, DNS_DEFAULT_PORT, ss, NULL) != 0) {
+            seterr(why, whylen,
+                   "bad server '%s': not an IP address (names cannot be used: the resolver "
+                   "cannot look up its own servers)",
+                   item);
+            return -1;
+        }
+        return 0;
+    }
+    if (item[0] != '[' && strchr(colon + 1, ':')) {
+        seterr(why, whylen, "bad server '%s': an IPv6 address needs brackets, e.g. [::1]:53", item);
+        return -1;
+    }
+    if (addr_parse_hostport(item, ss, NULL, e, sizeof e) != 0) {
+        seterr(why, whylen, "bad server '%s': %s", item, e);
+        return -1;
+    }
+    return 0;
+}
+
+static int set_dns_servers(struct config *c, const char *v, char *why, size_t whylen) {
+    size_t cap = count_items(v) * (ADDR_TEXT_MAX + 1) + 1, o = 0;
+    char *csv = malloc(cap);
+    char item[ITEM_MAX];
+    int r;
+
+    if (!csv) {
+        seterr(why, whylen, "out of memory");
+        return -1;
+    }
+    csv[0] = '\0';
+    while ((r = next_item(&v, item, sizeof item)) != 0) {
+        struct sockaddr_storage ss;
+        char text[ADDR_TEXT_MAX];
+        size_t tl;
+
+        if (r < 0) {
+            seterr(why, whylen, "bad server '%.40s...': too long", item);
+            goto fail;
+        }
+        if (item[0] == '\0')
+            continue;
+        if (strpbrk(item, " \t")) {
+            seterr(why, whylen, "bad server '%s': separate items with commas", item);
+            goto fail;
+        }
+        if (parse_dns_server(item, &ss, why, whylen) != 0)
+            goto fail;
+        addr_format((const struct sockaddr *)&ss, true, text, sizeof text);
+        tl = strlen(text);
+        if (o > 0)
+            csv[o++] = ',';
+        memcpy(csv + o, text, tl + 1);
+        o += tl;
+    }
+    free(c->dns_servers);
+    c->dns_servers = NULL;
+    if (o == 0)
+        free(csv); /* empty: the system's resolv.conf */
+    else
+        c->dns_servers = csv;
+    return 0;
+fail:
+    free(csv);
+    return -1;
+}
+
+static int set_timeout(const char *v, double *dst, bool zero_ok, char *why, size_t whylen) {
+    double s;
+
+    if (config_parse_duration(v, &s) != 0) {
+        size_t numeric = strspn(v, "0123456789.");
+
+        if (numeric > 0 && v[numeric] == '\0')
+            seterr(why, whylen, "needs a unit, e.g. 10s (ms, s, m or h)");
+        else
+            seterr(why, whylen,
+                   "bad duration; use a number and a unit ms, s, m or h, "
+                   "e.g. 250ms, 10s, 1.5m, 1h");
+        return -1;
+    }
+    if (!zero_ok && s <= 0) {
+        seterr(why, whylen, "must be greater than 0");
+        return -1;
+    }
+    if (s > MAX_DURATION) {
+        seterr(why, whylen, "must be at most 24h");
+        return -1;
+    }
+    *dst = s;
+    return 0;
+}
+
+static int set_uint(const char *v, unsigned long min, unsigned long max, unsigned long *out,
+                    char *why, size_t whylen) {
+    if (parse_uint(v, min, max, out) != 0) {
+        seterr(why, whylen, "must be a whole number from %lu to %lu", min, max);
+        return -1;
+    }
+    return 0;
+}
+
+static int set_access_log(struct config *c, const char *v, char *why, size_t whylen) {
+    char *s;
+
+    if (v[0] == '\0') {
+        seterr(why, whylen, "is empty; use stderr, off or a file path");
+        return -1;
+    }
+    if (strcasecmp(v, "syslog") == 0) {
+        seterr(why, whylen, "syslog is not supported in this version; use stderr, off or a file");
+        return -1;
+    }
+    if (strcasecmp(v, "stderr") == 0)
+        s = strdup("stderr");
+    else if (strcasecmp(v, "off") == 0)
+        s = strdup("off");
+    else
+        s = strdup(v);
+    if (!s) {
+        seterr(why, whylen, "out of memory");
+        return -1;
+    }
+    free(c->access_log);
+    c->access_log = s;
+    return 0;
+}
+
+static int apply(struct config *c, enum key_id id, const char *v, char *why, size_t whylen) {
+    struct access_config *a = &c->access;
+    unsigned long u;
+
+    switch (id) {
+    case K_LISTEN:
+        return set_listen(c, v, why, whylen);
+    case K_ALLOW_PORTS: {
+        struct port_list l;
+
+        if (policy_parse_ports(v, &l, why, whylen) != 0)
+            return -1;
+        policy_free_ports(&a->allow_ports);
+        a->allow_ports = l;
+        return 0;
+    }
+    case K_ALLOW_HOSTS:
+    case K_DENY_HOSTS: {
+        struct host_list l, *dst = id == K_ALLOW_HOSTS ? &a->allow_hosts : &a->deny_hosts;
+
+        if (policy_parse_hosts(v, &l, why, whylen) != 0)
+            return -1;
+        policy_free_hosts(dst);
+        *dst = l;
+        return 0;
+    }
+    case K_ALLOW_CLIENTS: {
+        struct cidr_list l;
+
+        if (policy_parse_cidrs(v, &l, why, whylen) != 0)
+            return -1;
+        policy_free_cidrs(&a->allow_clients);
+        a->allow_clients = l;
+        return 0;
+    }
+    case K_DENY_PRIVATE:
+        if (parse_bool(v, &a->deny_private) != 0) {
+            seterr(why, whylen, "must be yes or no");
+            return -1;
+        }
+        return 0;
+    case K_DNS_SERVERS:
+        return set_dns_servers(c, v, why, whylen);
+    case K_DNS_CACHE:
+        if (set_uint(v, 0, 1000000, &u, why, whylen) != 0)
+            return -1;
+        c->dns_cache = (unsigned)u;
+        return 0;
+    case K_TIMEOUT_HANDSHAKE:
+        return set_timeout(v, &c->timeout_handshake, false, why, whylen);
+    case K_TIMEOUT_DNS:
+        return set_timeout(v, &c->timeout_dns, false, why, whylen);
+    case K_TIMEOUT_CONNECT:
+        return set_timeout(v, &c->timeout_connect, false, why, whylen);
+    case K_TIMEOUT_IDLE:
+        return set_timeout(v, &c->timeout_idle, false, why, whylen);
+    case K_TIMEOUT_SHUTDOWN:
+        return set_timeout(v, &c->timeout_shutdown, true, why, whylen);
+    case K_MAX_CONNECTIONS:
+        if (set_uint(v, 1, 1000000, &u, why, whylen) != 0)
+            return -1;
+        c->max_connections = (unsigned)u;
+        return 0;
+    case K_PER_CLIENT_CONNECTIONS:
+        if (set_uint(v, 0, 1000000, &u, why, whylen) != 0)
+            return -1;
+        c->per_client_connections = (unsigned)u;
+        return 0;
+    case K_PER_CLIENT_RATE:
+        if (set_uint(v, 0, 1000000, &u, why, whylen) != 0)
+            return -1;
+        c->per_client_rate = (unsigned)u;
+        return 0;
+    case K_MAX_REQUEST_BYTES:
+        if (set_uint(v, 1024, 1048576, &u, why, whylen) != 0)
+            return -1;
+        c->max_request_bytes = (size_t)u;
+        return 0;
+    case K_LOG_LEVEL: {
+        static const char *const names[] = {[LOG_LEVEL_ERROR] = "error",
+                                            [LOG_LEVEL_WARN] = "warn",
+                                            [LOG_LEVEL_INFO] = "info",
+                                            [LOG_LEVEL_DEBUG] = "debug"};
+
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+            if (strcasecmp(v, names[i]) == 0) {
+                c->log_level = (enum log_level)i;
+                return 0;
+            }
+        }
+        seterr(why, whylen, "must be error, warn, info or debug");
+        return -1;
+    }
+    case K_ACCESS_LOG:
+        return set_access_log(c, v, why, whylen);
+    case K_WORKERS:
+    case K_USER:
+    case K_PAC:
+    case K_POLICY:
+    case K_AUTH_USERS_FILE:
+    case K_AUTH_REALM:
+    case K_COUNT:
+        break;
+    }
+    seterr(why, whylen, "not supported in this version");
+    return -1;
+}
+
+/* ---- inih glue ---- */
+
+static bool known_section(const char *s, size_t n) {
+    for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++)
+        if (strlen(sections[i]) == n && memcmp(sections[i], s, n) == 0)
+            return true;
+    return false;
+}
+
+/* Validate one line (leading whitespace already removed) the way inih will read it, so that
+ * what inih would skip, split or reject is reported here, in line order. 0 or -1 (failed). */
+static int check_line(struct ctx *x, const char *p, size_t n) {
+    bool was_space = false;
+    size_t i;
+
+    if (n == 0 || p[0] == ';' || p[0] == '#')
+        return 0;
+    if (p[0] == '[') {
+        const char *close = memchr(p, ']', n);
+        size_t sl, rest;
+
+        if (!close) {
+            fail(x, "%s:%d: section header without closing ']'", x->name, x->lineno);
+            return -1;
+        }
+        sl = (size_t)(close - p - 1);
+        if (!known_section(p + 1, sl)) {
+            fail(x,
+                 "%s:%d: [%.*s]: unknown section (known: [server] [access] [dns] [timeouts] "
+                 "[limits] [log] [auth])",
+                 x->name, x->lineno, (int)sl, p + 1);
+            return -1;
+        }
+        rest = (size_t)(close + 1 - p);
+        while (rest < n && is_space(p[rest]))
+            rest++;
+        if (rest < n && p[rest] != ';' && p[rest] != '#') {
+            fail(x, "%s:%d: [%.*s]: unexpected text after ']'", x->name, x->lineno, (int)sl, p + 1);
+            return -1;
+        }
+        return 0;
+    }
+    /* inih splits at the first '=' or ':' unless a ';' after whitespace starts a comment. */
+    for (i = 0; i < n; i++) {
+        if (p[i] == '=' || p[i] == ':' || (was_space && p[i] == ';'))
+            break;
+        was_space = is_space(p[i]);
+    }
+    if (i == n || p[i] == ';') {
+        fail(x,
+             "%s:%d: expected 'key = value', '[section]' or a comment (a value cannot "
+             "continue on the next line) (got '%.*s')",
+             x->name, x->lineno, (int)n, p);
+        return -1;
+    }
+    while (i > 0 && is_space(p[i - 1]))
+        i--;
+    if (i == 0) {
+        fail(x, "%s:%d: missing key name before '%c'", x->name, x->lineno, p[0]);
+        return -1;
+    }
+    return 0;
+}
+
+/* ini_reader: hand inih one line per call, checked and counted. */
+static char *reader(char *buf, int num, void *stream) {
+    struct ctx *x = stream;
+    const char *p, *nl;
+    size_t n, max = LINE_MAX_LEN;
+
+    if (x->failed || x->pos >= x->len)
+        return NULL;
+    if (num < 3) {
+        fail(x, "%s:%d: inih line buffer too small", x->name, x->lineno + 1);
+        return NULL;
+    }
+    p = x->text + x->pos;
+    nl = memchr(p, '\n', x->len - x->pos);
+    n = nl ? (size_t)(nl - p) : x->len - x->pos;
+    x->pos += n + (nl ? 1 : 0);
+    x->lineno++;
+    if (n > 0 && p[n - 1] == '\r')
+        n--;
+    if (x->lineno == 1 && n >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0) {
+        p += 3; /* UTF-8 byte order mark */
+        n -= 3;
+    }
+    if ((size_t)num - 2 < max)
+        max = (size_t)num - 2; /* the library's own buffer, if built smaller */
+    if (n > max) {
+        fail(x, "%s:%d: line too long (%zu bytes; at most %zu)", x->name, x->lineno, n, max);
+        return NULL;
+    }
+    while (n > 0 && (*p == ' ' || *p == '\t')) {
+        p++;
+        n--;
+    }
+    if (check_line(x, p, n) != 0)
+        return NULL;
+    memcpy(buf, p, n);
+    buf[n] = '\n';
+    buf[n + 1] = '\0';
+    return buf;
+}
+
+/* "listen, ..." for an unknown-key message. */
+static void valid_keys(const char *section, char *out, size_t outlen) {
+    size_t o = 0;
+
+    out[0] = '\0';
+    for (size_t i = 0; i < K_COUNT; i++) {
+        int w;
+
+        if (!keys[i].supported || strcmp(keys[i].section, section) != 0)
+            continue;
+        w = snprintf(out + o, outlen - o, "%s%s", o ? ", " : "", keys[i].name);
+        if (w < 0 || (size_t)w >= outlen - o)
+            break;
+        o += (size_t)w;
+    }
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value) {
+    struct ctx *x = user;
+    char why[WHY_MAX];
+    int id;
+
+    if (x->failed)
+        return 1;
+    if (section[0] == '\0') {
+        fail(x, "%s:%d: %s: key before any [section]", x->name, x->lineno, name);
+        return 0;
+    }
+    for (id = 0; id < K_COUNT; id++)
+        if (strcmp(keys[id].section, section) == 0 && strcmp(keys[id].name, name) == 0)
+            break;
+    if (id == K_COUNT) {
+        char list[WHY_MAX];
+
+        valid_keys(section, list, sizeof list);
+        if (list[0])
+            fail(x, "%s:%d: [%s] %s: unknown key (known: %s)", x->name, x->lineno, section, name,
+                 list);
+        else
+            fail(x, "%s:%d: [%s] %s: unknown key", x->name, x->lineno, section, name);
+        return 0;
+    }
+    if (x->seen[id]) {
+        fail(x, "%s:%d: [%s] %s: duplicate key (already set on line %d)", x->name, x->lineno,
+             section, name, x->seen[id]);
+        return 0;
+    }
+    x->seen[id] = x->lineno;
+    if (!keys[id].supported) {
+        fail(x, "%s:%d: [%s] %s: not supported in this version", x->name, x->lineno, section, name);
+        return 0;
+    }
+    if (apply(x->c, (enum key_id)id, value, why, sizeof why) != 0) {
+        fail(x, "%s:%d: [%s] %s: %s (got '%s')", x->name, x->lineno, section, name, why, value);
+        return 0;
+    }
+    return 1;
+}
+
+/* Defaults; -1 when an allocation failed (the struct is still safe to config_free()). */
+static int set_defaults(struct config *c) {
+    int bad = 0;
+
+    memset(c, 0, sizeof *c);
+    c->listen = calloc(1, sizeof *c->listen);
+    if (c->listen &&
+        addr_parse_hostport(DEFAULT_LISTEN, &c->listen[0].ss, &c->listen[0].len, NULL, 0) == 0)
+        c->nlisten = 1;
+    else
+        bad = 1;
+    bad |= policy_parse_ports(DEFAULT_ALLOW_PORTS, &c->access.allow_ports, NULL, 0) != 0;
+    bad |= policy_parse_hosts(DEFAULT_ALLOW_HOSTS, &c->access.allow_hosts, NULL, 0) != 0;
+    bad |= policy_parse_cidrs(DEFAULT_ALLOW_CLIENTS, &c->access.allow_clients, NULL, 0) != 0;
+    c->access.deny_private = true;
+    c->dns_servers = NULL;
+    c->dns_cache = 10000;
+    c->timeout_handshake = 10;
+    c->timeout_dns = 5;
+    c->timeout_connect = 10;
+    c->timeout_idle = 5 * 60;
+    c->timeout_shutdown = 30;
+    c->max_connections = 10000;
+    c->per_client_connections = 0;
+    c->per_client_rate = 0;
+    c->max_request_bytes = 16384;
+    c->log_level = LOG_LEVEL_INFO;
+    c->access_log = strdup(DEFAULT_ACCESS_LOG);
+    bad |= c->access_log == NULL;
+    return bad ? -1 : 0;
+}
+
+void config_defaults(struct config *c) {
+    (void)set_defaults(c);
+}
+
+static int load_text(const char *text, size_t len, const char *name, struct config *c, char *err,
+                     size_t errlen) {
+    struct ctx x;
+    const char *nul;
+    int rc;
+
+    memset(&x, 0, sizeof x);
+    x.c = c;
+    x.name = name;
+    x.text = text;
+    x.len = len;
+    x.err = err;
+    x.errlen = errlen;
+    if (set_defaults(c) != 0) {
+        fail(&x, "%s: out of memory", name);
+        goto fail;
+    }
+    nul = memchr(text, '\0', len);
+    if (nul) {
+        int line = 1;
+
+        for (const char *p = text; p < nul; p++)
+            line += *p == '\n';
+        fail(&x, "%s:%d: NUL byte in the file", name, line);
+        goto fail;
+    }
+    rc = ini_parse_stream(reader, &x, handler, &x);
+    if (!x.failed && rc > 0)
+        fail(&x, "%s:%d: syntax error", name, rc);
+    else if (!x.failed && rc != 0)
+        fail(&x, "%s: out of memory", name);
+    if (x.failed)
+        goto fail;
+    return 0;
+fail:
+    config_free(c);
+    return -1;
+}
+
+int config_load_string(const char *text, const char *name, struct config *c, char *err,
+                       size_t errlen) {
+    if (!name)
+        name = "(string)";
+    if (!text) {
+        memset(c, 0, sizeof *c);
+        seterr(err, errlen, "%s: no text", name);
+        return -1;
+    }
+    return load_text(text, strlen(text), name, c, err, errlen);
+}
+
+int config_load_file(const char *path, struct config *c, char *err, size_t errlen) {
+    size_t n = 0, cap = 0;
+    char *buf = NULL;
+    FILE *f;
+    int rc;
+
+    memset(c, 0, sizeof *c);
+    f = fopen(path, "re");
+    if (!f) {
+        seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    for (;;) {
+        size_t got;
+
+        if (n == cap) {
+            char *nb;
+
+            if (cap >= FILE_MAX) {
+                seterr(err, errlen, "%s: larger than %zu bytes", path, FILE_MAX);
+                goto fail;
+            }
+            cap = cap ? cap * 2 : 4096;
+            nb = realloc(buf, cap);
+            if (!nb) {
+                seterr(err, errlen, "%s: out of memory", path);
+                goto fail;
+            }
+            buf = nb;
+        }
+        got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0)
+            break;
+    }
+    if (ferror(f)) {
+        seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        goto fail;
+    }
+    (void)fclose(f);
+    rc = load_text(buf ? buf : "", n, path, c, err, errlen);
+    free(buf);
+    return rc;
+fail:
+    (void)fclose(f);
+    free(buf);
+    return -1;
+}
+
+void config_free(struct config *c) {
+    if (!c)
+        return;
+    free(c->listen);
+    policy_free_access(&c->access);
+    free(c->dns_servers);
+    free(c->access_log);
+    memset(c, 0, sizeof *c);
+}

@@ -1,0 +1,596 @@
+/* Unit tests for src/config.c. Run from the repository root (conf/proxy.ini and
+ * tests/unit/data/ are opened by relative path). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+#define N(a) (sizeof(a) / sizeof((a)[0]))
+
+static bool all_zero(const void *p, size_t n) {
+    const unsigned char *b = p;
+
+    for (size_t i = 0; i < n; i++)
+        if (b[i])
+            return false;
+    return true;
+}
+
+static void listen_text(const struct config *c, size_t i, char *out) {
+    addr_format((const struct sockaddr *)&c->listen[i].ss, true, out, ADDR_TEXT_MAX);
+}
+
+/* Load text that must fail; every needle must be in the message; *c must be zeroed. */
+static void expect_error(const char *text, const char *const *needles, size_t n) {
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "";
+
+    memset(&c, 0xa5, sizeof c);
+    if (config_load_string(text, "t.ini", &c, err, sizeof err) == 0) {
+        config_free(&c);
+        fail_msg("accepted:\n%s", text);
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!strstr(err, needles[i]))
+            fail_msg("expected '%s' in message '%s' for:\n%s", needles[i], err, text);
+    if (!all_zero(&c, sizeof c))
+        fail_msg("config not zeroed after error for:\n%s", text);
+}
+
+#define EXPECT_ERROR(text, ...)                                                                    \
+    do {                                                                                           \
+        const char *const needles_[] = {__VA_ARGS__};                                              \
+        expect_error((text), needles_, N(needles_));                                               \
+    } while (0)
+
+static void check_defaults(const struct config *c) {
+    char text[ADDR_TEXT_MAX];
+
+    assert_int_equal(c->nlisten, 1);
+    listen_text(c, 0, text);
+    assert_string_equal(text, "127.0.0.1:3128");
+    assert_int_equal(c->listen[0].len, sizeof(struct sockaddr_in));
+    assert_int_equal(c->access.allow_ports.n, 1);
+    assert_int_equal(c->access.allow_ports.v[0].lo, 443);
+    assert_int_equal(c->access.allow_ports.v[0].hi, 443);
+    assert_int_equal(c->access.allow_hosts.n, 1);
+    assert_int_equal(c->access.allow_hosts.v[0].kind, HOST_PAT_ANY);
+    assert_int_equal(c->access.deny_hosts.n, 0);
+    assert_int_equal(c->access.allow_clients.n, 2);
+    assert_int_equal(c->access.allow_clients.v[0].family, AF_INET);
+    assert_int_equal(c->access.allow_clients.v[0].prefix, 8);
+    assert_int_equal(c->access.allow_clients.v[1].family, AF_INET6);
+    assert_int_equal(c->access.allow_clients.v[1].prefix, 128);
+    assert_true(c->access.deny_private);
+    assert_true(c->dns_servers == NULL || c->dns_servers[0] == '\0');
+    assert_int_equal(c->dns_cache, 10000);
+    assert_true(c->timeout_handshake == 10);
+    assert_true(c->timeout_dns == 5);
+    assert_true(c->timeout_connect == 10);
+    assert_true(c->timeout_idle == 300);
+    assert_true(c->timeout_shutdown == 30);
+    assert_int_equal(c->max_connections, 10000);
+    assert_int_equal(c->per_client_connections, 0);
+    assert_int_equal(c->per_client_rate, 0);
+    assert_int_equal(c->max_request_bytes, 16384);
+    assert_int_equal(c->log_level, LOG_LEVEL_INFO);
+    assert_string_equal(c->access_log, "stderr");
+}
+
+static void test_defaults(void **state) {
+    struct config c;
+
+    (void)state;
+    config_defaults(&c);
+    check_defaults(&c);
+    config_free(&c);
+    assert_true(all_zero(&c, sizeof c));
+    config_free(&c); /* twice is fine */
+    config_free(NULL);
+}
+
+static void test_shipped_file(void **state) {
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "";
+
+    (void)state;
+    if (config_load_file("conf/proxy.ini", &c, err, sizeof err) != 0)
+        fail_msg("conf/proxy.ini: %s", err);
+    /* The shipped file states the defaults. */
+    check_defaults(&c);
+    config_free(&c);
+}
+
+static void test_empty_text(void **state) {
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "";
+
+    (void)state;
+    assert_int_equal(config_load_string("", "t.ini", &c, err, sizeof err), 0);
+    check_defaults(&c);
+    config_free(&c);
+    assert_int_equal(
+        config_load_string("; nothing\n\n[server]\n[auth]\n", "t.ini", &c, err, sizeof err), 0);
+    check_defaults(&c);
+    config_free(&c);
+}
+
+static void test_full_file(void **state) {
+    static const char text[] =
+        "\xEF\xBB\xBF; every key, none at its default\r\n"
+        "[server]\r\n"
+        "listen = 0.0.0.0:8080, [::]:8080 ,[::1]:3129 ; inline comment\n"
+        "\n"
+        "[access]\n"
+        "  allow_ports = 443, 8443, 10000-10100\n"
+        "\tallow_hosts = *.Example.com, example.org., 10.0.0.0/8, [::1]\n"
+        "deny_hosts = bad.example.com, 10.1.0.0/16\n"
+        "allow_clients = 192.168.0.0/16, 10.0.0.0/8, fd00::/8\n"
+        "deny_private = Off\n"
+        "[dns]\n"
+        "servers = 192.0.2.53, 198.51.100.1:5353, [2001:db8::53], [::1]:5300\n"
+        "cache: 0\n"
+        "[timeouts]\n"
+        "handshake = 250ms\n"
+        "dns = 1.5s\n"
+        "connect = 2m\n"
+        "idle = 1h\n"
+        "shutdown = 0\n"
+        "[limits]\n"
+        "max_connections = 1000000\n"
+        "per_client_connections = 16\n"
+        "per_client_rate = 5\n"
+        "max_request_bytes = 1024\n"
+        "[log]\n"
+        "level = DEBUG\n"
+        "access_log = /var/log/connectd/access.log\n"
+        "[auth]\n"
+        "# empty section of a later release: fine\n";
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "", t[ADDR_TEXT_MAX];
+
+    (void)state;
+    if (config_load_string(text, "full.ini", &c, err, sizeof err) != 0)
+        fail_msg("%s", err);
+    assert_int_equal(c.nlisten, 3);
+    listen_text(&c, 0, t);
+    assert_string_equal(t, "0.0.0.0:8080");
+    listen_text(&c, 1, t);
+    assert_string_equal(t, "[::]:8080");
+    assert_int_equal(c.listen[1].len, sizeof(struct sockaddr_in6));
+    listen_text(&c, 2, t);
+    assert_string_equal(t, "[::1]:3129");
+
+    assert_int_equal(c.access.allow_ports.n, 3);
+    assert_int_equal(c.access.allow_ports.v[2].lo, 10000);
+    assert_int_equal(c.access.allow_ports.v[2].hi, 10100);
+    assert_int_equal(c.access.allow_hosts.n, 4);
+    assert_int_equal(c.access.allow_hosts.v[0].kind, HOST_PAT_SUFFIX);
+    assert_string_equal(c.access.allow_hosts.v[0].name, ".example.com");
+    assert_int_equal(c.access.allow_hosts.v[1].kind, HOST_PAT_EXACT);
+    assert_string_equal(c.access.allow_hosts.v[1].name, "example.org");
+    assert_int_equal(c.access.allow_hosts.v[2].kind, HOST_PAT_CIDR);
+    assert_int_equal(c.access.allow_hosts.v[3].kind, HOST_PAT_CIDR);
+    assert_int_equal(c.access.deny_hosts.n, 2);
+    assert_int_equal(c.access.allow_clients.n, 3);
+    assert_false(c.access.deny_private);
+
+    assert_string_equal(c.dns_servers,
+                        "192.0.2.53:53,198.51.100.1:5353,[2001:db8::53]:53,[::1]:5300");
+    assert_int_equal(c.dns_cache, 0);
+
+    assert_true(c.timeout_handshake == 0.25);
+    assert_true(c.timeout_dns == 1.5);
+    assert_true(c.timeout_connect == 120);
+    assert_true(c.timeout_idle == 3600);
+    assert_true(c.timeout_shutdown == 0);
+
+    assert_int_equal(c.max_connections, 1000000);
+    assert_int_equal(c.per_client_connections, 16);
+    assert_int_equal(c.per_client_rate, 5);
+    assert_int_equal(c.max_request_bytes, 1024);
+
+    assert_int_equal(c.log_level, LOG_LEVEL_DEBUG);
+    assert_string_equal(c.access_log, "/var/log/connectd/access.log");
+    config_free(&c);
+}
+
+static void test_values_ok(void **state) {
+    static const struct {
+        const char *text;
+    } cases[] = {
+        {"[access]\ndeny_private = yes\n"},
+        {"[access]\ndeny_private = TRUE\n"},
+        {"[access]\ndeny_private = on\n"},
+        {"[access]\ndeny_private = 1\n"},
+        {"[access]\ndeny_private = No\n"},
+        {"[access]\ndeny_private = false\n"},
+        {"[access]\ndeny_private = 0\n"},
+        {"[access]\nallow_clients =\n"},
+        {"[access]\nallow_hosts =\n"},
+        {"[access]\ndeny_hosts = *\n"},
+        {"[dns]\nservers =\n"},
+        {"[dns]\ncache = 1000000\n"},
+        {"[timeouts]\nidle = 24h\n"},
+        {"[timeouts]\nconnect = 1ms\n"},
+        {"[timeouts]\nshutdown = 0s\n"},
+        {"[limits]\nmax_connections = 1\n"},
+        {"[limits]\nmax_request_bytes = 1048576\n"},
+        {"[limits]\nper_client_rate = 1000000\n"},
+        {"[log]\naccess_log = off\n"},
+        {"[log]\naccess_log = relative.log\n"},
+        {"[log]\nlevel = error\n"},
+        {"[log]\nlevel = warn\n"},
+        {"[server]\nlisten = 127.0.0.1:3128,\n"},
+        {"[server]\n\n[server]\nlisten = [::1]:1\n"},
+    };
+    (void)state;
+    for (size_t i = 0; i < N(cases); i++) {
+        struct config c;
+        char err[CONFIG_ERR_MAX] = "";
+
+        if (config_load_string(cases[i].text, "t.ini", &c, err, sizeof err) != 0)
+            fail_msg("rejected: %s\n%s", err, cases[i].text);
+        config_free(&c);
+    }
+}
+
+/* One bad value per case; the key is always on line 3 after a comment line. */
+static void test_bad_values(void **state) {
+    static const struct {
+        const char *section, *key, *value;
+        const char *why; /* expected in the message besides FILE:LINE and [section] key */
+    } cases[] = {
+        {"server", "listen", "", "at least one"},
+        {"server", "listen", ",", "at least one"},
+        {"server", "listen", "127.0.0.1", "missing port"},
+        {"server", "listen", "localhost:3128", "not an IPv4 address"},
+        {"server", "listen", "127.0.0.1:0", "bad port"},
+        {"server", "listen", "127.0.0.1:65536", "bad port"},
+        {"server", "listen", "::1:3128", "brackets"},
+        {"server", "listen", "127.0.0.1:3128, 127.0.0.1:3128", "listed twice"},
+        {"server", "listen", "127.0.0.1:3128 127.0.0.1:3129", "separate items with commas"},
+        {"dns", "servers", "192.0.2.1 192.0.2.2", "separate items with commas"},
+        {"access", "allow_clients", "10.0.0.0/8 ::1", "separate items with commas"},
+        {"access", "allow_ports", "0", "'0'"},
+        {"access", "allow_ports", "443, 99999", "'99999'"},
+        {"access", "allow_ports", "443-", "'443-'"},
+        {"access", "allow_ports", "500-400", "'500-400'"},
+        {"access", "allow_ports", "https", "'https'"},
+        {"access", "allow_hosts", "a*.example.com", "'a*.example.com'"},
+        {"access", "allow_hosts", "*.*.example.com", "'*.*.example.com'"},
+        {"access", "allow_hosts", "10.0.0.1/8", "did you mean 10.0.0.0/8"},
+        {"access", "deny_hosts", "exa_mple.com, bad host", "'bad host'"},
+        {"access", "allow_clients", "localhost", "'localhost'"},
+        {"access", "allow_clients", "10.0.0.0/33", "out of range"},
+        {"access", "deny_private", "maybe", "yes or no"},
+        {"access", "deny_private", "", "yes or no"},
+        {"dns", "servers", "dns.google", "not an IP address"},
+        {"dns", "servers", "dns.google:53", "not an IPv4 address"},
+        {"dns", "servers", "2001:db8::53", "brackets"},
+        {"dns", "servers", "[2001:db8::53", "missing ']'"},
+        {"dns", "servers", "[192.0.2.1]", "not an IPv6 address"},
+        {"dns", "servers", "192.0.2.1:0", "bad port"},
+        {"dns", "servers", "192.0.2.1, 1.2.3", "'1.2.3'"},
+        {"dns", "cache", "-1", "0 to 1000000"},
+        {"dns", "cache", "1000001", "0 to 1000000"},
+        {"dns", "cache", "+5", "0 to 1000000"},
+        {"dns", "cache", "0x10", "0 to 1000000"},
+        {"dns", "cache", "10k", "0 to 1000000"},
+        {"dns", "cache", "99999999999999999999999", "0 to 1000000"},
+        {"dns", "cache", "", "0 to 1000000"},
+        {"timeouts", "handshake", "10", "needs a unit, e.g. 10s"},
+        {"timeouts", "handshake", "1.5", "needs a unit"},
+        {"timeouts", "handshake", "0", "greater than 0"},
+        {"timeouts", "handshake", "0s", "greater than 0"},
+        {"timeouts", "dns", "5 s", "bad duration"},
+        {"timeouts", "dns", "5sec", "bad duration"},
+        {"timeouts", "dns", "5S", "bad duration"},
+        {"timeouts", "dns", "-5s", "bad duration"},
+        {"timeouts", "connect", "", "bad duration"},
+        {"timeouts", "connect", "25h", "at most 24h"},
+        {"timeouts", "idle", "1441m", "at most 24h"},
+        {"timeouts", "idle", "0ms", "greater than 0"},
+        {"timeouts", "shutdown", "1d", "bad duration"},
+        {"timeouts", "shutdown", "2h30m", "bad duration"},
+        {"limits", "max_connections", "0", "1 to 1000000"},
+        {"limits", "max_connections", "1000001", "1 to 1000000"},
+        {"limits", "per_client_connections", "1e3", "0 to 1000000"},
+        {"limits", "per_client_rate", " -0", "0 to 1000000"},
+        {"limits", "max_request_bytes", "1023", "1024 to 1048576"},
+        {"limits", "max_request_bytes", "1048577", "1024 to 1048576"},
+        {"log", "level", "verbose", "error, warn, info or debug"},
+        {"log", "access_log", "syslog", "not supported in this version"},
+        {"log", "access_log", "", "empty"},
+    };
+    (void)state;
+    for (size_t i = 0; i < N(cases); i++) {
+        char text[512], key[96];
+
+        (void)snprintf(text, sizeof text, "[%s]\n; line 2\n%s = %s\n", cases[i].section,
+                       cases[i].key, cases[i].value);
+        (void)snprintf(key, sizeof key, "[%s] %s: ", cases[i].section, cases[i].key);
+        EXPECT_ERROR(text, "t.ini:3: ", key, cases[i].why);
+        /* The value is quoted back, except when it is empty. */
+        if (cases[i].value[0] != ' ') {
+            char got[256];
+
+            (void)snprintf(got, sizeof got, "(got '%s')", cases[i].value);
+            EXPECT_ERROR(text, got);
+        }
+    }
+}
+
+static void test_unknown_keys_and_sections(void **state) {
+    (void)state;
+    EXPECT_ERROR("[server]\nlisten = 127.0.0.1:1\nlistne = 1.2.3.4:5\n",
+                 "t.ini:3: [server] listne: unknown key", "known: listen");
+    EXPECT_ERROR("[timeouts]\nread = 5s\n", "t.ini:2: [timeouts] read: unknown key",
+                 "handshake, dns, connect, idle, shutdown");
+    EXPECT_ERROR("[server]\nLISTEN = 127.0.0.1:1\n", "t.ini:2: [server] LISTEN: unknown key");
+    EXPECT_ERROR("[auth]\nfoo = bar\n", "t.ini:2: [auth] foo: unknown key");
+    /* A key of another section. */
+    EXPECT_ERROR("[dns]\n\nlisten = 127.0.0.1:1\n", "t.ini:3: [dns] listen: unknown key");
+    /* Unknown section with keys, and empty (inih alone would never tell us). */
+    EXPECT_ERROR("[server]\n[proxy]\nlisten = 127.0.0.1:1\n", "t.ini:2: [proxy]: unknown section");
+    EXPECT_ERROR("; c\n\n\n[logging]\n", "t.ini:4: [logging]: unknown section",
+                 "[server] [access]");
+    EXPECT_ERROR("[log]\n[Log]\n", "t.ini:2: [Log]: unknown section");
+    EXPECT_ERROR("[server]\n  [ server ]\n", "t.ini:2: [ server ]: unknown section");
+    EXPECT_ERROR("[]\n", "t.ini:1: []: unknown section");
+    /* Keys outside any section. */
+    EXPECT_ERROR("listen = 127.0.0.1:1\n", "t.ini:1: listen: key before any [section]");
+}
+
+static void test_syntax(void **state) {
+    (void)state;
+    EXPECT_ERROR("[server\nlisten = 127.0.0.1:1\n", "t.ini:1: ", "without closing ']'");
+    EXPECT_ERROR("[server] junk\n", "t.ini:1: [server]: unexpected text after ']'");
+    EXPECT_ERROR("[access]\njust words\n", "t.ini:2: expected 'key = value'");
+    EXPECT_ERROR("[access]\n= 443\n", "t.ini:2: missing key name");
+    EXPECT_ERROR("[access]\nallow_ports ; = 443\n", "t.ini:2: expected 'key = value'");
+    /* An inih-style continuation line is a syntax error, not a silent second value. */
+    EXPECT_ERROR("[access]\nallow_hosts = a.com,\n    b.com\n",
+                 "t.ini:3: ", "cannot continue on the next line");
+    /* Comments of both kinds and a section comment are fine. */
+    {
+        struct config c;
+        char err[CONFIG_ERR_MAX] = "";
+
+        assert_int_equal(config_load_string("# a\n; b\n[log] ; c\n  ; d\nlevel = warn ; e\n",
+                                            "t.ini", &c, err, sizeof err),
+                         0);
+        assert_int_equal(c.log_level, LOG_LEVEL_WARN);
+        config_free(&c);
+    }
+}
+
+static void test_duplicate_key(void **state) {
+    (void)state;
+    EXPECT_ERROR("[access]\nallow_ports = 443\n; x\nallow_ports = 8443\n",
+                 "t.ini:4: [access] allow_ports: duplicate key", "line 2");
+    /* Also across two headers of the same section. */
+    EXPECT_ERROR("[log]\nlevel = info\n[server]\n[log]\nlevel = debug\n",
+                 "t.ini:5: [log] level: duplicate key", "line 2");
+    /* Indented keys are ordinary keys (not inih continuations), so this is a duplicate too. */
+    EXPECT_ERROR("[log]\n  level = info\n  level = debug\n", "t.ini:3: [log] level: duplicate key");
+    /* Same name in different sections is not a duplicate. */
+    {
+        struct config c;
+        char err[CONFIG_ERR_MAX] = "";
+
+        assert_int_equal(config_load_string("[dns]\ncache = 5\n[timeouts]\ndns = 2s\n", "t.ini", &c,
+                                            err, sizeof err),
+                         0);
+        config_free(&c);
+    }
+}
+
+static void test_long_line(void **state) {
+    char text[1024];
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "";
+    size_t o;
+
+    (void)state;
+    /* 197 bytes (inih's 200-byte buffer minus "\r\n\0") is the longest line. */
+    o = (size_t)snprintf(text, sizeof text, "[log]\n;");
+    memset(text + o, 'x', 196);
+    o += 196;
+    o += (size_t)snprintf(text + o, sizeof text - o, "\r\nlevel = warn\n");
+    assert_int_equal(config_load_string(text, "t.ini", &c, err, sizeof err), 0);
+    assert_int_equal(c.log_level, LOG_LEVEL_WARN);
+    config_free(&c);
+
+    /* 198 bytes: an error with the line number, not a silently split line. */
+    o = (size_t)snprintf(text, sizeof text, "[log]\nlevel = warn\n;");
+    memset(text + o, 'x', 197);
+    o += 197;
+    (void)snprintf(text + o, sizeof text - o, "\n");
+    EXPECT_ERROR(text, "t.ini:3: line too long (198 bytes; at most 197)");
+
+    /* A long value, the case that matters: a list cut in two would parse as something else. */
+    o = (size_t)snprintf(text, sizeof text, "[access]\nallow_hosts = ");
+    while (o < 400)
+        o += (size_t)snprintf(text + o, sizeof text - o, "host%zu.example.com, ", o);
+    (void)snprintf(text + o, sizeof text - o, "\n");
+    EXPECT_ERROR(text, "t.ini:2: line too long");
+
+    /* Last line without a newline. */
+    o = (size_t)snprintf(text, sizeof text, "[log]\n#");
+    memset(text + o, 'y', 300);
+    text[o + 300] = '\0';
+    EXPECT_ERROR(text, "t.ini:2: line too long (301 bytes");
+}
+
+static void test_unsupported(void **state) {
+    static const struct {
+        const char *section, *key, *value;
+    } cases[] = {
+        {"server", "workers", "1"},   {"server", "workers", "4"},
+        {"server", "user", "nobody"}, {"server", "user", ""},
+        {"server", "pac", "no"},      {"access", "policy", "/x.yaml"},
+        {"access", "policy", ""},     {"auth", "users_file", "/etc/connectd/users"},
+        {"auth", "users_file", ""},   {"auth", "realm", "connectd"},
+    };
+    (void)state;
+    for (size_t i = 0; i < N(cases); i++) {
+        char text[256], want[128];
+
+        (void)snprintf(text, sizeof text, "[%s]\n%s = %s\n", cases[i].section, cases[i].key,
+                       cases[i].value);
+        (void)snprintf(want, sizeof want, "t.ini:2: [%s] %s: not supported in this version",
+                       cases[i].section, cases[i].key);
+        /* Exactly this: no "(got ...)", the value does not matter. */
+        {
+            struct config c;
+            char err[CONFIG_ERR_MAX] = "";
+
+            assert_int_equal(config_load_string(text, "t.ini", &c, err, sizeof err), -1);
+            assert_string_equal(err, want);
+        }
+    }
+}
+
+static void test_durations(void **state) {
+    static const struct {
+        const char *in;
+        double s;
+    } good[] = {
+        {"0", 0},     {"0s", 0},      {"0.0", 0},     {"250ms", 0.25}, {"1ms", 0.001},
+        {"10s", 10},  {"1.5s", 1.5},  {"0.3s", 0.3},  {"5m", 300},     {"1.5m", 90},
+        {"1h", 3600}, {"24h", 86400}, {"0.5h", 1800}, {"010s", 10},    {"1000ms", 1},
+    };
+    static const char *const bad[] = {"",
+                                      "10",
+                                      "1.5",
+                                      "s",
+                                      "ms",
+                                      "-1s",
+                                      "+1s",
+                                      "1.s",
+                                      ".5s",
+                                      "1..5s",
+                                      "1.5.s",
+                                      "5 s",
+                                      " 5s",
+                                      "5s ",
+                                      "5S",
+                                      "5sec",
+                                      "1d",
+                                      "1w",
+                                      "2h30m",
+                                      "1e3s",
+                                      "0x10s",
+                                      "inf",
+                                      "nan",
+                                      "10m5",
+                                      "1,5s",
+                                      "9999999999999s",
+                                      "1.0000000001s"};
+
+    (void)state;
+    for (size_t i = 0; i < N(good); i++) {
+        double s = -1;
+
+        if (config_parse_duration(good[i].in, &s) != 0)
+            fail_msg("'%s' rejected", good[i].in);
+        if (s - good[i].s > 1e-12 || good[i].s - s > 1e-12)
+            fail_msg("'%s': expected %.12g, got %.12g", good[i].in, good[i].s, s);
+    }
+    for (size_t i = 0; i < N(bad); i++) {
+        double s = -1;
+
+        if (config_parse_duration(bad[i], &s) == 0)
+            fail_msg("'%s' accepted as %g", bad[i], s);
+    }
+    assert_int_equal(config_parse_duration(NULL, NULL), -1);
+}
+
+static void test_missing_file(void **state) {
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "";
+
+    (void)state;
+    memset(&c, 0xa5, sizeof c);
+    assert_int_equal(config_load_file("tests/unit/data/no-such-file.ini", &c, err, sizeof err), -1);
+    assert_string_equal(err,
+                        "tests/unit/data/no-such-file.ini: cannot open: No such file or directory");
+    assert_true(all_zero(&c, sizeof c));
+}
+
+static void test_file_errors(void **state) {
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "";
+
+    (void)state;
+    /* The file loader reports the path and line like the string loader. */
+    memset(&c, 0xa5, sizeof c);
+    assert_int_equal(config_load_file("tests/unit/data/bad_section.ini", &c, err, sizeof err), -1);
+    assert_string_equal(err, "tests/unit/data/bad_section.ini:7: [acess]: unknown section "
+                             "(known: [server] [access] [dns] [timeouts] [limits] [log] [auth])");
+    assert_true(all_zero(&c, sizeof c));
+
+    /* A NUL byte cannot be represented by the string API, so only a file can have it. */
+    {
+        char path[] = "/tmp/connectd-test-XXXXXX";
+        static const char body[] = "[log]\nlevel = info\n\0\n";
+        int fd = mkstemp(path);
+
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, body, sizeof body - 1), (ssize_t)(sizeof body - 1));
+        assert_int_equal(close(fd), 0);
+        assert_int_equal(config_load_file(path, &c, err, sizeof err), -1);
+        assert_non_null(strstr(err, ":3: NUL byte"));
+        assert_int_equal(unlink(path), 0);
+    }
+    /* A directory opens but does not read. */
+    assert_int_equal(config_load_file("tests/unit/data", &c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "tests/unit/data: "));
+    assert_true(all_zero(&c, sizeof c));
+}
+
+static void test_error_buffer(void **state) {
+    struct config c;
+    char small[16];
+
+    (void)state;
+    /* A short buffer is truncated and terminated; NULL is allowed. */
+    assert_int_equal(config_load_string("[nope]\n", "t.ini", &c, small, sizeof small), -1);
+    assert_string_equal(small, "t.ini:1: [nope]");
+    assert_int_equal(config_load_string("[nope]\n", "t.ini", &c, NULL, 0), -1);
+    assert_int_equal(config_load_string(NULL, "t.ini", &c, NULL, 0), -1);
+    assert_true(all_zero(&c, sizeof c));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_shipped_file),
+        cmocka_unit_test(test_empty_text),
+        cmocka_unit_test(test_full_file),
+        cmocka_unit_test(test_values_ok),
+        cmocka_unit_test(test_bad_values),
+        cmocka_unit_test(test_unknown_keys_and_sections),
+        cmocka_unit_test(test_syntax),
+        cmocka_unit_test(test_duplicate_key),
+        cmocka_unit_test(test_long_line),
+        cmocka_unit_test(test_unsupported),
+        cmocka_unit_test(test_durations),
+        cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_file_errors),
+        cmocka_unit_test(test_error_buffer),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
