@@ -24,10 +24,11 @@ struct server {
     int spare_fd;        /* held in reserve so EMFILE can still accept-and-close */
     struct tunnel *live; /* every open tunnel */
     struct tunnel *dead; /* closed, freed by reaper once the current callbacks return */
-    ev_check reaper;
-    unsigned active;   /* tunnels counted against max_connections */
-    unsigned refusing; /* connections only being sent a refusal (503 at the limit) */
-    struct buf *pool;  /* free relay buffers, linked through their first bytes */
+    ev_prepare reaper;   /* runs after a loop iteration's callbacks, before it blocks */
+    unsigned active;     /* tunnels counted against max_connections */
+    unsigned max_active; /* max_connections, lowered to what the fd limit can carry */
+    unsigned refusing;   /* connections only being sent a refusal (503 at the limit) */
+    struct buf *pool;    /* free relay buffers, linked through their first bytes */
     size_t npool;
     struct client_table *clients; /* NULL unless a per-client limit is set */
     ev_timer sweep_timer;

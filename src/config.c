@@ -529,7 +529,7 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
         c->per_client_rate = (unsigned)u;
         return 0;
     case K_MAX_REQUEST_BYTES:
-        if (set_uint(v, 1024, 1048576, &u, why, whylen) != 0)
+        if (set_uint(v, 1024, 65536, &u, why, whylen) != 0)
             return -1;
         c->max_request_bytes = (size_t)u;
         return 0;

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "container.h"
 #include "log.h"
 
 #define CACHE_TTL_MAX 3600 /* seconds: a longer TTL is capped so answers get refreshed */
@@ -58,15 +59,12 @@ struct dns_query {
     void *arg;
     uint16_t port;
     bool cancelled;
-    bool in_ares; /* c-ares still holds a pointer to us */
     enum dns_status status;
     const char *rcode, *detail;
     struct dns_query *next;
     struct dns_answer ans;
     char name[];
 };
-
-#define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
 
 /* ---- cache ---- */
 
@@ -341,8 +339,10 @@ static void map_error(struct dns_query *q, int status) {
 static void ares_cb(void *arg, int status, int timeouts, struct ares_addrinfo *ai) {
     (void)timeouts;
     struct dns_query *q = arg;
-    q->in_ares = false;
     if (q->cancelled) {
+        /* Nobody waits any more, but the answer can still serve the client's retry. */
+        if (status == ARES_SUCCESS && ai)
+            cache_store(q->d, q->name, ai);
         if (ai)
             ares_freeaddrinfo(ai);
         free(q);
@@ -394,7 +394,6 @@ struct dns_query *dns_lookup(struct dns *d, const char *name, uint16_t port, dns
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    q->in_ares = true;
     ares_getaddrinfo(d->ch, name, NULL, &hints, ares_cb, q);
     rearm_timer(d);
     return q;
@@ -428,9 +427,9 @@ struct dns *dns_new(struct ev_loop *loop, const struct dns_config *cfg, char *er
     memset(&opts, 0, sizeof opts);
     opts.sock_state_cb = sock_state_cb;
     opts.sock_state_cb_data = d;
-    /* Two tries that together fit the configured budget; the caller's own timer is the hard
-     * limit, this only makes c-ares give up at about the same time. */
-    int ms = (int)(cfg->timeout * 1000.0 / 2.0);
+    /* c-ares doubles the timeout on each retry round: tries of t/3 and 2t/3 fill the budget
+     * with one retransmission. The caller's own timer is the hard limit. */
+    int ms = (int)(cfg->timeout * 1000.0 / 3.0);
     opts.timeout = ms < 100 ? 100 : ms;
     opts.tries = 2;
     int rc = ares_init_options(&d->ch, &opts,

@@ -2,6 +2,7 @@
 #include "listener.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "container.h"
 #include "log.h"
 #include "net.h"
 #include "tunnel.h"
@@ -25,8 +27,6 @@ struct listener {
     char name[ADDR_TEXT_MAX];
 };
 
-#define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
-
 static void resume_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)revents;
     struct listener *l = container_of(w, struct listener, pause);
@@ -36,14 +36,20 @@ static void resume_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 
 /* Out of fds: accept-and-close one waiting client with the spare fd so it gets a prompt
  * reset instead of hanging in the backlog, then rest all listeners briefly. */
-static void shed_load(struct server *srv, struct listener *l, int err) {
-    static ev_tstamp last_warn;
+/* At most one accept complaint a second: errors come in bursts. */
+static bool may_complain(struct server *srv) {
+    static ev_tstamp last;
     ev_tstamp now = ev_now(srv->loop);
-    if (now - last_warn >= 1.0) {
+    if (now - last < 1.0)
+        return false;
+    last = now;
+    return true;
+}
+
+static void shed_load(struct server *srv, struct listener *l, int err) {
+    if (may_complain(srv))
         log_warn("accept on %s: %s: shedding load (active tunnels %u)", l->name, strerror(err),
                  srv->active);
-        last_warn = now;
-    }
     if (srv->spare_fd != -1) {
         close(srv->spare_fd);
         int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
@@ -86,7 +92,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
                 shed_load(l->srv, l, errno);
                 return;
             default:
-                log_error("accept on %s: %s", l->name, strerror(errno));
+                if (may_complain(l->srv))
+                    log_error("accept on %s: %s", l->name, strerror(errno));
                 return;
             }
         }

@@ -113,7 +113,11 @@ static void sink_enqueue(struct sink *s, const char *buf, size_t len) {
         return;
     if (s->qlen == 0) {
         ssize_t n = sink_write_now(s, buf, len);
-        if (n == -1 || (size_t)n == len)
+        if (n == -1) {
+            s->dropped++;
+            return;
+        }
+        if ((size_t)n == len)
             return;
         buf += n;
         len -= (size_t)n;
@@ -203,7 +207,8 @@ int log_access_open(const char *spec, char *err, size_t errlen) {
         acc_sink = &err_sink;
         return 0;
     }
-    int fd = open(spec, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+    /* O_NONBLOCK: a FIFO without a reader fails at once instead of hanging the start. */
+    int fd = open(spec, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0640);
     if (fd == -1) {
         snprintf(err, errlen, "access log %s: open: %s", spec, strerror(errno));
         return -1;

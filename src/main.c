@@ -1,5 +1,6 @@
 /* main: command line, signals, the loop. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,7 +30,7 @@ static void usage(FILE *out) {
                  "  -h       print this help and exit\n");
 }
 
-static void reaper_cb(struct ev_loop *loop, ev_check *w, int revents) {
+static void reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
     (void)loop;
     (void)revents;
     struct server *srv = (struct server *)((char *)w - offsetof(struct server, reaper));
@@ -90,21 +91,45 @@ static void hup_cb(struct ev_loop *loop, ev_signal *w, int revents) {
     log_warn("SIGHUP: configuration reload is not supported in this version; ignored");
 }
 
-/* Each tunnel needs two fds; raise the soft limit as far as the hard limit allows. */
-static void raise_fd_limit(const struct config *cfg) {
+/* Each tunnel needs two fds; raise the soft limit as far as the hard limit allows, and serve
+ * no more tunnels than it can carry, so clients beyond it get a clean 503 instead of
+ * handshakes failing half-way for want of an upstream fd. */
+#define FD_RESERVE 64 /* listeners, resolver, logs, the spare fd */
+
+static unsigned fit_fd_limit(const struct config *cfg) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
-        return;
+        return cfg->max_connections;
     if (rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
+        if (setrlimit(RLIMIT_NOFILE, &rl) == -1) {
             log_warn("setrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+            if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+                return cfg->max_connections;
+        }
     }
-    rlim_t need = (rlim_t)cfg->max_connections * 2 + 64;
-    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
-        log_warn("open-file limit %llu is below the %llu that max_connections = %u needs; "
-                 "clients beyond it are shed",
-                 (unsigned long long)rl.rlim_cur, (unsigned long long)need, cfg->max_connections);
+    if (rl.rlim_cur == RLIM_INFINITY)
+        return cfg->max_connections;
+    rlim_t fit = rl.rlim_cur > FD_RESERVE + 2 ? (rl.rlim_cur - FD_RESERVE) / 2 : 1;
+    if (fit >= cfg->max_connections)
+        return cfg->max_connections;
+    log_warn("open-file limit %llu carries only %llu of max_connections = %u tunnels; "
+             "serving at most %llu",
+             (unsigned long long)rl.rlim_cur, (unsigned long long)fit, cfg->max_connections,
+             (unsigned long long)fit);
+    return (unsigned)fit;
+}
+
+/* If the daemon was started with fd 0, 1 or 2 closed, a socket could take that number and log
+ * lines would go to a client: keep them occupied. */
+static void reserve_std_fds(void) {
+    for (int fd = 0; fd < 3; fd++) {
+        if (fcntl(fd, F_GETFD) == -1 && errno == EBADF) {
+            int n = open("/dev/null", O_RDWR);
+            if (n > 2)
+                close(n);
+        }
+    }
 }
 
 int main(int argc, char **argv) {
@@ -135,6 +160,7 @@ int main(int argc, char **argv) {
         return 2;
     }
 
+    reserve_std_fds();
     struct config cfg;
     char err[CONFIG_ERR_MAX];
     if (config_load_file(path, &cfg, err, sizeof err) == -1) {
@@ -154,19 +180,19 @@ int main(int argc, char **argv) {
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
-    raise_fd_limit(&cfg);
 
     struct server srv;
     memset(&srv, 0, sizeof srv);
     srv.spare_fd = -1;
     srv.cfg = &cfg;
+    srv.max_active = fit_fd_limit(&cfg);
     srv.loop = ev_default_loop(EVFLAG_AUTO);
     if (!srv.loop) {
         log_error("cannot initialise the event loop");
         return 1;
     }
     log_attach_loop(srv.loop);
-    ev_check_init(&srv.reaper, reaper_cb);
+    ev_prepare_init(&srv.reaper, reaper_cb);
 
     struct dns_config dc = {
         .servers = cfg.dns_servers, .timeout = cfg.timeout_dns, .cache_size = cfg.dns_cache};
@@ -200,7 +226,7 @@ int main(int argc, char **argv) {
     ev_signal_start(srv.loop, &sigterm);
     ev_signal_start(srv.loop, &sigint);
     ev_signal_start(srv.loop, &sighup);
-    log_info("connectd %s ready (max_connections %u)", CONNECTD_VERSION, cfg.max_connections);
+    log_info("connectd %s ready (max_connections %u)", CONNECTD_VERSION, srv.max_active);
 
     ev_run(srv.loop, 0);
 

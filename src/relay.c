@@ -13,12 +13,11 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "container.h"
 #include "log.h"
 #include "tunnel.h"
 
 #define POOL_MAX 64 /* free buffers kept for reuse */
-
-#define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
 
 struct buf *relay_buf_get(struct server *srv) {
     struct buf *b = srv->pool;
@@ -75,7 +74,12 @@ static int forward_eof(struct tunnel *t, struct endpoint *dst) {
     return t->state == TUNNEL_CLOSED ? -1 : 0;
 }
 
-/* Write src->in to dst. Returns -1 when the tunnel was closed. */
+/* Resume reading a side whose buffer was full only once half of it has drained: fewer, larger
+ * reads and no memmove per byte freed. */
+#define RESUME_AT (BUF_CAP / 2)
+
+/* Write src->in to dst, then decide whether src may read more. Returns -1 when the tunnel was
+ * closed. */
 static int flush(struct tunnel *t, struct endpoint *src) {
     struct endpoint *dst = src->peer;
     struct ev_loop *loop = t->srv->loop;
@@ -93,13 +97,14 @@ static int flush(struct tunnel *t, struct endpoint *src) {
         buf_consume(b, (size_t)n);
         dst->sent += (uint64_t)n;
         t->last_active = ev_now(loop);
+        if (buf_len(b) > 0)
+            break; /* a short write means the socket buffer is full: skip the EAGAIN call */
     }
     if (b && buf_len(b) > 0) {
         ev_io_start(loop, &dst->ww);
-        /* Resume reading only once the buffer has room again. */
-        if (buf_len(b) == BUF_CAP)
+        if (buf_len(b) == BUF_CAP || src->eof)
             ev_io_stop(loop, &src->rw);
-        else if (!src->eof)
+        else if (buf_len(b) <= RESUME_AT)
             ev_io_start(loop, &src->rw);
         return 0;
     }
@@ -133,6 +138,12 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
     if (n > 0) {
         buf_produce(b, (size_t)n);
         t->last_active = ev_now(loop);
+        if (ev_is_active(&src->peer->ww)) {
+            /* The peer is not writable yet: just stop reading when the buffer fills. */
+            if (buf_room(b) == 0 && b->start == 0)
+                ev_io_stop(loop, &src->rw);
+            return;
+        }
         flush(t, src);
         return;
     }
@@ -142,8 +153,13 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
         flush(t, src);
         return;
     }
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+        if (buf_len(b) == 0) { /* spurious wake-up: an idle tunnel holds no buffer */
+            relay_buf_put(t->srv, b);
+            src->in = NULL;
+        }
         return;
+    }
     tunnel_close(t, reset_reason(t, src));
 }
 
@@ -157,10 +173,12 @@ static void write_cb(struct ev_loop *loop, ev_io *w, int revents) {
 static int seed(struct server *srv, struct endpoint *e, const char *p, size_t n) {
     if (n == 0)
         return 0;
+    if (n > BUF_CAP) /* max_request_bytes is capped below BUF_CAP by config validation */
+        return -1;
     e->in = relay_buf_get(srv);
     if (!e->in)
         return -1;
-    buf_append(e->in, p, n); /* n <= max_request_bytes < BUF_CAP */
+    buf_append(e->in, p, n);
     return 0;
 }
 
@@ -184,7 +202,9 @@ int relay_start(struct tunnel *t, const char *reply, size_t replylen, const char
     ev_timer_stop(loop, &t->timer);
     ev_timer_set(&t->timer, t->srv->cfg->timeout_idle, 0.);
     ev_timer_start(loop, &t->timer);
-    if (flush(t, &t->upstream) == -1 || flush(t, &t->client) == -1)
-        return 0; /* closed already; the close reason says why */
+    /* Either flush may close the tunnel (the close reason then says why); the second must not
+     * run on a closed tunnel. */
+    if (flush(t, &t->upstream) == 0)
+        flush(t, &t->client);
     return 0;
 }

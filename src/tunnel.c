@@ -16,6 +16,7 @@
 #include "addr.h"
 #include "buf.h"
 #include "clients.h"
+#include "container.h"
 #include "dns.h"
 #include "http.h"
 #include "log.h"
@@ -24,12 +25,13 @@
 
 #define LINGER_SECONDS 2.0  /* after a refusal, wait this long for the client to close */
 #define REPLY_SECONDS  5.0  /* a refusal must be written within this */
-#define REFUSING_MAX   1024 /* connections being sent a 503 at once; beyond, just close */
+#define REFUSING_MAX   1024 /* connections being refused at once; beyond, just close */
 #define REPLY_MAX      1024
+#define REQ_INITIAL    4096 /* a CONNECT plus a TLS ClientHello usually fits */
 
 struct handshake {
-    char *req; /* the request as received, max_request_bytes + 1 */
-    size_t reqlen, reqcap;
+    char *req; /* the request as received; grown on demand up to reqmax */
+    size_t reqlen, reqalloc, reqmax;
     struct http_parser parser;
     struct dns_query *dnsq;
     struct dns_answer ans;
@@ -44,9 +46,8 @@ struct handshake {
     const char *reason; /* close reason once the refusal is sent */
 };
 
-#define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
-
 static void client_request_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void client_watch_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void connect_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void dial_next(struct tunnel *t);
@@ -101,7 +102,8 @@ static void reply_done(struct tunnel *t) {
 static void reply_flush(struct tunnel *t) {
     struct handshake *hs = t->hs;
     while (hs->replyoff < hs->replylen) {
-        ssize_t n = write(t->client.fd, hs->reply + hs->replyoff, hs->replylen - hs->replyoff);
+        ssize_t n =
+            send(t->client.fd, hs->reply + hs->replyoff, hs->replylen - hs->replyoff, MSG_NOSIGNAL);
         if (n == -1) {
             if (errno == EINTR)
                 continue;
@@ -212,7 +214,7 @@ static void request_complete(struct tunnel *t) {
     struct handshake *hs = t->hs;
     const struct config *cfg = t->srv->cfg;
     const struct http_request *req = &hs->parser.req;
-    ev_io_stop(t->srv->loop, &t->client.rw);
+    ev_set_cb(&t->client.rw, client_watch_cb); /* still active: now only watches for a hang-up */
     if (set_target(t, req) == -1) {
         refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
         return;
@@ -264,13 +266,35 @@ static void parse_error(struct tunnel *t) {
            p->reason, reason);
 }
 
+/* Make room for more request bytes: start small, double up to max_request_bytes + 1 (one byte
+ * over the limit lets the parser see that it was exceeded). */
+static int grow_request(struct handshake *hs) {
+    if (hs->reqlen < hs->reqalloc)
+        return 0;
+    size_t n = hs->reqalloc ? hs->reqalloc * 2 : REQ_INITIAL;
+    if (n > hs->reqmax)
+        n = hs->reqmax;
+    if (n <= hs->reqalloc)
+        return -1;
+    char *p = realloc(hs->req, n);
+    if (!p)
+        return -1;
+    hs->req = p;
+    hs->reqalloc = n;
+    return 0;
+}
+
 static void client_request_cb(struct ev_loop *loop, ev_io *w, int revents) {
     (void)loop;
     (void)revents;
     struct tunnel *t = container_of(w, struct tunnel, client.rw);
     struct handshake *hs = t->hs;
-    size_t room = hs->reqcap - hs->reqlen;
-    ssize_t n = read(t->client.fd, hs->req + hs->reqlen, room);
+    if (grow_request(hs) == -1) {
+        /* Only reachable when out of memory: the parser refuses before reqmax is full. */
+        refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
+        return;
+    }
+    ssize_t n = recv(t->client.fd, hs->req + hs->reqlen, hs->reqalloc - hs->reqlen, 0);
     if (n == -1) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             return;
@@ -284,8 +308,6 @@ static void client_request_cb(struct ev_loop *loop, ev_io *w, int revents) {
     hs->reqlen += (size_t)n;
     switch (http_parse(&hs->parser, hs->req, hs->reqlen)) {
     case HTTP_PARSE_MORE:
-        if (hs->reqlen == hs->reqcap) /* cannot happen: the parser caps below reqcap */
-            refuse(t, 431, "http_request_error", NULL, "request too large", "too_large");
         return;
     case HTTP_PARSE_ERROR:
         parse_error(t);
@@ -296,11 +318,32 @@ static void client_request_cb(struct ev_loop *loop, ev_io *w, int revents) {
     }
 }
 
+/* While resolving and dialing, notice a client that gives up: peek, so that early data stays
+ * in the socket for the relay. Once data is waiting, stop watching (level-triggered). */
+static void client_watch_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)revents;
+    struct tunnel *t = container_of(w, struct tunnel, client.rw);
+    char c;
+    ssize_t n = recv(t->client.fd, &c, 1, MSG_PEEK);
+    if (n == 0) {
+        tunnel_close(t, "client_eof");
+        return;
+    }
+    if (n == -1) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        tunnel_close(t, "client_reset");
+        return;
+    }
+    ev_io_stop(loop, w);
+}
+
 /* ---- dialing ---- */
 
 static void connected(struct tunnel *t) {
     struct handshake *hs = t->hs;
     ev_io_stop(t->srv->loop, &t->upstream.ww);
+    ev_io_stop(t->srv->loop, &t->client.rw);
     ev_timer_stop(t->srv->loop, &t->timer);
     t->status = 200;
     size_t early = hs->reqlen - hs->parser.req.header_len;
@@ -388,6 +431,12 @@ static void dial_next(struct tunnel *t) {
         memcpy(&t->up_addr, sa, hs->ans.len[i]);
         int fd = net_connect_start(sa, hs->ans.len[i]);
         if (fd == -1) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM ||
+                errno == EADDRNOTAVAIL) {
+                log_warn("connect for %s: %s", t->target, strerror(errno));
+                refuse(t, 503, "proxy_internal_error", NULL, "proxy out of resources", "overload");
+                return;
+            }
             hs->dial_errno = errno;
             continue;
         }
@@ -434,7 +483,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
             arm_timer(t, due - now);
             return;
         }
-        tunnel_close(t, t->srv->draining ? "shutdown" : "idle_timeout");
+        tunnel_close(t, "idle_timeout");
         return;
     }
     case TUNNEL_ERROR_REPLY:
@@ -448,28 +497,66 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 
 /* ---- accept and close ---- */
 
+/* Why a new client is refused before its request is read, or NULL to serve it. */
+struct refusal {
+    int status;
+    const char *proxy_error, *details, *reason;
+};
+
+static bool admission(struct server *srv, const struct sockaddr *peer, struct client_entry **ce,
+                      struct refusal *r) {
+    const struct config *cfg = srv->cfg;
+    *ce = NULL;
+    if (!policy_client_allowed(&cfg->access, peer)) {
+        *r = (struct refusal){403, "http_request_denied", "client not allowed", "denied_client"};
+        return false;
+    }
+    if (srv->active >= srv->max_active) {
+        *r = (struct refusal){503, "proxy_internal_response", "too many connections", "overload"};
+        return false;
+    }
+    if (!srv->clients)
+        return true;
+    switch (clients_admit(srv->clients, peer, ev_now(srv->loop), ce)) {
+    case CLIENT_OK:
+        return true;
+    case CLIENT_TOO_MANY:
+        *r = (struct refusal){429, "http_request_denied", "too many connections from this client",
+                              "client_limit"};
+        return false;
+    case CLIENT_TOO_FAST:
+        *r = (struct refusal){429, "http_request_denied", "connection rate limit exceeded",
+                              "client_rate"};
+        return false;
+    }
+    return true;
+}
+
 void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
     const struct config *cfg = srv->cfg;
-    bool over = srv->active >= cfg->max_connections || srv->draining;
-    if (over && srv->refusing >= REFUSING_MAX) {
+    struct client_entry *ce;
+    struct refusal r;
+    /* Decide before counting: a refused client must not hold one of max_connections' slots. */
+    bool ok = admission(srv, peer, &ce, &r);
+    if (!ok && srv->refusing >= REFUSING_MAX) {
         close(fd);
         return;
     }
     struct tunnel *t = calloc(1, sizeof *t);
     struct handshake *hs = calloc(1, sizeof *hs);
-    char *req = malloc(cfg->max_request_bytes + 1);
-    if (!t || !hs || !req) {
+    if (!t || !hs) {
         log_error("out of memory accepting a client");
         free(t);
         free(hs);
-        free(req);
+        if (ce)
+            clients_release(srv->clients, ce, ev_now(srv->loop));
         close(fd);
         return;
     }
     t->srv = srv;
     t->hs = hs;
-    hs->req = req;
-    hs->reqcap = cfg->max_request_bytes + 1;
+    t->ce = ce;
+    hs->reqmax = cfg->max_request_bytes + 1;
     struct http_limits lim = {.max_total = cfg->max_request_bytes};
     http_parser_init(&hs->parser, &lim);
     endpoint_init(t, &t->client, &t->upstream);
@@ -487,34 +574,13 @@ void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
         srv->live->prev = t;
     srv->live = t;
     t->state = TUNNEL_READ_REQUEST;
-
-    if (over) {
+    if (!ok) {
         srv->refusing++;
-        refuse(t, 503, "proxy_internal_response", NULL,
-               srv->draining ? "proxy is shutting down" : "too many connections",
-               srv->draining ? "shutdown" : "overload");
+        refuse(t, r.status, r.proxy_error, NULL, r.details, r.reason);
         return;
     }
     t->counted = true;
     srv->active++;
-    if (!policy_client_allowed(&cfg->access, peer)) {
-        refuse(t, 403, "http_request_denied", NULL, "client not allowed", "denied_client");
-        return;
-    }
-    if (srv->clients) {
-        switch (clients_admit(srv->clients, peer, ev_now(srv->loop), &t->ce)) {
-        case CLIENT_OK:
-            break;
-        case CLIENT_TOO_MANY:
-            refuse(t, 429, "http_request_denied", NULL, "too many connections from this client",
-                   "client_limit");
-            return;
-        case CLIENT_TOO_FAST:
-            refuse(t, 429, "http_request_denied", NULL, "connection rate limit exceeded",
-                   "client_rate");
-            return;
-        }
-    }
     net_tune(fd);
     ev_io_start(srv->loop, &t->client.rw);
     arm_timer(t, cfg->timeout_handshake);
@@ -527,16 +593,17 @@ static void access_line(struct tunnel *t, const char *reason) {
         addr_format(&t->up_addr.sa, true, up, sizeof up);
     if (t->target)
         log_escape(target, sizeof target, t->target, strlen(t->target));
-    uint64_t down = t->client.sent;
-    if (t->status == 200)
-        down = down > HTTP_CONNECT_OK_LEN ? down - HTTP_CONNECT_OK_LEN : 0;
-    else
-        down = 0;
+    int status = t->status;
+    uint64_t down = 0;
+    if (status == 200 && t->client.sent < HTTP_CONNECT_OK_LEN)
+        status = 0; /* the client went away before the 200 was delivered */
+    else if (status == 200)
+        down = t->client.sent - HTTP_CONNECT_OK_LEN;
     char line[1400];
     int n = snprintf(line, sizeof line,
                      "client=%s target=%s upstream=%s status=%d up=%llu down=%llu duration=%.3f "
                      "reason=%s",
-                     client, target, up, t->status, (unsigned long long)t->upstream.sent,
+                     client, target, up, status, (unsigned long long)t->upstream.sent,
                      (unsigned long long)down, ev_now(t->srv->loop) - t->started, reason);
     if (n > 0)
         log_access(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
@@ -584,7 +651,7 @@ void tunnel_close(struct tunnel *t, const char *reason) {
     t->next = srv->dead;
     srv->dead = t;
     if (!ev_is_active(&srv->reaper))
-        ev_check_start(srv->loop, &srv->reaper);
+        ev_prepare_start(srv->loop, &srv->reaper);
 }
 
 void tunnel_reap(struct server *srv) {
@@ -597,7 +664,7 @@ void tunnel_reap(struct server *srv) {
         free(t->target);
         free(t);
     }
-    ev_check_stop(srv->loop, &srv->reaper);
+    ev_prepare_stop(srv->loop, &srv->reaper);
 }
 
 void tunnel_refuse_handshakes(struct server *srv) {
