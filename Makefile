@@ -32,7 +32,7 @@ PURE_OBJ := $(PURE_SRC:%.c=$(BUILD)/%.o)
 IO_OBJ   := $(IO_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps deps-test run check unit integration format format-check asan install clean
+.PHONY: all deps deps-test run check unit integration format format-check lint asan install clean
 .DEFAULT_GOAL := all
 
 all: $(BIN)
@@ -71,12 +71,20 @@ integration: $(BIN)
 format-check:
 	clang-format --dry-run --Werror src/*.c include/*.h tests/unit/*.c
 
+# Static checks worth their noise (STYLE.md): cppcheck, and no unbounded string functions.
+lint:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability,performance --std=c11 \
+	    --inline-suppr -Iinclude -D_GNU_SOURCE src/
+	@! grep -nE '\b(strcpy|strcat|sprintf|vsprintf|strtok|atoi|gets)\(' src/*.c || \
+	    { echo "lint: unbounded string function (see STYLE.md)"; exit 1; }
+
 format:
 	clang-format -i src/*.c include/*.h tests/unit/*.c
 
 check: deps-test
 	$(MAKE) all
 	$(MAKE) format-check
+	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) integration
 
