@@ -1,0 +1,417 @@
+"""Fixtures for the connectd integration tests.
+
+Everything here talks to loopback only: the proxy listens on 127.0.0.1 / ::1, its DNS servers
+are the test's own responder on 127.0.0.1, upstream servers are Python threads or
+`openssl s_server` on loopback. Every wait is bounded.
+
+Environment: CONNECTD_BIN (default: ./connectd at the repository root).
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from dnsserver import DNSServer  # noqa: E402
+from netutil import LOOPBACK4, Client, free_port, have_ipv6, read_access_log, wait_port  # noqa: E402
+from servers import TCPServer  # noqa: E402
+import tlsfix  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+SHIPPED_CONFIG = os.path.join(REPO, "conf", "proxy.ini")
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+READY_TIMEOUT = 5.0
+
+# The config every test starts from; tests override single keys. Loopback upstreams need
+# deny_private = no; DNS always goes to the test's own responder.
+BASE_CONFIG = {
+    "server": {"listen": None},
+    "access": {
+        "allow_ports": "1-65535",
+        "allow_hosts": "*",
+        "deny_hosts": "",
+        "allow_clients": "127.0.0.0/8, ::1",
+        "deny_private": "no",
+    },
+    "dns": {"servers": None},
+    "timeouts": {"handshake": "2s", "dns": "2s", "connect": "2s", "idle": "30s"},
+    "limits": {"max_connections": "10000", "max_request_bytes": "16384"},
+    "log": {"level": "debug", "access_log": None},
+}
+
+
+# ---- the binary ----------------------------------------------------------------------------
+
+
+def _find_bin():
+    b = os.environ.get("CONNECTD_BIN")
+    if b:
+        return os.path.abspath(b), True
+    return os.path.join(REPO, "connectd"), False
+
+
+@pytest.fixture(scope="session")
+def connectd_bin():
+    path, explicit = _find_bin()
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        if explicit:
+            pytest.fail(f"CONNECTD_BIN={path} is not an executable file")
+        pytest.skip(f"no connectd binary at {path} (build with make, or set CONNECTD_BIN)")
+    return path
+
+
+# ---- ini editing ---------------------------------------------------------------------------
+
+
+def apply_ini_overrides(text, overrides):
+    """Return text with overrides {section: {key: value or None}} applied: an existing
+    'key = ...' line in the section is replaced (None: removed), a missing key is added at the
+    end of its section, a missing section is appended. Comments and other lines are kept."""
+    lines = text.split("\n")
+    for section, kv in overrides.items():
+        for key, value in kv.items():
+            sec = None
+            sec_end = None  # index after the last line of the wanted section
+            found = None
+            for i, line in enumerate(lines):
+                s = line.strip()
+                m = re.match(r"^\[([^\]]+)\]", s)
+                if m:
+                    sec = m.group(1).strip()
+                    continue
+                if sec == section:
+                    sec_end = i + 1
+                    km = re.match(r"^([A-Za-z0-9_.-]+)\s*[=:]", s)
+                    if km and km.group(1) == key and not s.startswith((";", "#")):
+                        found = i
+            if sec_end is None:
+                # the section may exist but be empty
+                for i, line in enumerate(lines):
+                    if line.strip() == f"[{section}]":
+                        sec_end = i + 1
+            if found is not None:
+                if value is None:
+                    del lines[found]
+                else:
+                    lines[found] = f"{key} = {value}"
+            elif value is not None:
+                if sec_end is None:
+                    lines += ["", f"[{section}]", f"{key} = {value}"]
+                else:
+                    lines.insert(sec_end, f"{key} = {value}")
+    return "\n".join(lines)
+
+
+def render_ini(cfg):
+    out = []
+    for section, kv in cfg.items():
+        out.append(f"[{section}]")
+        for k, v in kv.items():
+            if v is not None:
+                out.append(f"{k} = {v}")
+        out.append("")
+    return "\n".join(out)
+
+
+def merge(base, overrides):
+    cfg = {s: dict(kv) for s, kv in base.items()}
+    for s, kv in (overrides or {}).items():
+        cfg.setdefault(s, {})
+        for k, v in kv.items():
+            if v is None:
+                cfg[s].pop(k, None)
+            else:
+                cfg[s][k] = v
+    return cfg
+
+
+# ---- the proxy -----------------------------------------------------------------------------
+
+
+class Proxy:
+    def __init__(self, binary, workdir, name, config_text, listen_host, port, extra_ports):
+        self.binary = binary
+        self.host = listen_host
+        self.port = port
+        self.extra_ports = extra_ports
+        self.dir = workdir
+        self.config_path = os.path.join(workdir, f"{name}.ini")
+        self.stderr_path = os.path.join(workdir, f"{name}.stderr")
+        self.access_log = os.path.join(workdir, f"{name}.access.log")
+        with open(self.config_path, "w") as f:
+            f.write(config_text)
+        self.config_text = config_text
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen([binary, "-c", self.config_path], stdin=subprocess.DEVNULL,
+                                     stdout=self._stderr, stderr=self._stderr)
+        self.pid = self.proc.pid
+        self.clients = []
+        self.probes = []  # local addresses of readiness probes, left out of log_lines()
+        self.stopped = False  # the test stopped it on purpose
+        self.t_start = time.monotonic()
+
+    def wait_ready(self, timeout=READY_TIMEOUT):
+        if not wait_port(self.host, self.port, timeout, self.proc, self.probes):
+            rc = self.proc.poll()
+            pytest.fail(f"connectd not accepting on {self.host}:{self.port} within {timeout}s "
+                        f"(exit status {rc})\n--- config ---\n{self.config_text}\n"
+                        f"--- stderr ---\n{self.stderr_text()}")
+
+    def stderr_text(self):
+        try:
+            self._stderr.flush()
+        except ValueError:
+            pass
+        with open(self.stderr_path, "rb") as f:
+            return f.read().decode("utf-8", errors="replace")
+
+    def log_lines(self, n=1, timeout=5.0, where=None):
+        """Parsed access-log lines (at least n, bounded wait), without the readiness probes."""
+        return read_access_log(self.access_log, n, timeout, where, exclude_clients=self.probes)
+
+    def settle(self, timeout=2.0):
+        """Wait until the daemon has finished with the readiness probe connection (its access
+        line is written), so it no longer counts towards max_connections. Bounded; falls back
+        to a short sleep when the probe is not logged."""
+        try:
+            read_access_log(self.access_log, 1, timeout,
+                            where=lambda x: x.get("client") in self.probes)
+        except AssertionError:
+            time.sleep(0.2)
+
+    def client(self, source=None, timeout=5.0, host=None, port=None):
+        c = Client(host or self.host, port or self.port, source=source, timeout=timeout)
+        self.clients.append(c)
+        return c
+
+    def tunnel(self, target, timeout=5.0, source=None):
+        """A connected tunnel to target (asserts the exact 200 reply)."""
+        c = self.client(source=source, timeout=timeout)
+        c.connect_request(target)
+        c.expect_established(timeout)
+        return c
+
+    def rss_kb(self):
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def signal(self, sig):
+        if self.proc.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self, grace=STOP_GRACE):
+        """SIGTERM, wait up to grace, then SIGKILL. Returns (returncode, killed)."""
+        killed = False
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                killed = True
+        return self.proc.returncode, killed
+
+    def sanitizer_report(self):
+        text = self.stderr_text()
+        hits = [m for m in SANITIZER_MARKERS if m in text]
+        return hits, text
+
+
+def _tail(text, n=150):
+    lines = text.splitlines()
+    return "\n".join(lines[-n:])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        for p in getattr(item, "_connectd_proxies", []):
+            try:
+                rep.sections.append((f"connectd stderr ({p.stderr_path})", _tail(p.stderr_text())))
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def dns():
+    """The test's own DNS responder; every proxy started by start_proxy points at it."""
+    d = DNSServer()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def tcp_server():
+    """Factory: tcp_server(handler, host='127.0.0.1', ...) -> TCPServer, stopped at teardown."""
+    made = []
+
+    def make(handler, host=LOOPBACK4, **kw):
+        s = TCPServer(handler, host=host, **kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+@pytest.fixture
+def start_proxy(connectd_bin, tmp_path, dns, request):
+    """Factory: start_proxy(overrides={section: {key: value}}, base_text=None, listen=None,
+    wait=True) -> Proxy.
+
+    overrides are applied to BASE_CONFIG (or to base_text, e.g. the shipped proxy.ini);
+    value None removes a key. listen defaults to 127.0.0.1:<free port>; pass "[::1]" to listen
+    on a free port of ::1, or a full list "127.0.0.1:P1, [::1]:P2" (tests connect to the first). At teardown: clients closed, SIGTERM, bounded
+    wait, SIGKILL after 5 s; the test errors when the daemon had died before teardown, did not
+    stop on SIGTERM, exited with a failure status, or printed a sanitizer report."""
+    procs = []
+    request.node._connectd_proxies = procs
+
+    def make(overrides=None, base_text=None, listen=None, wait=True, dns_servers=None):
+        n = len(procs)
+        host = LOOPBACK4
+        if listen is not None and listen.startswith("["):
+            host = listen[1:listen.index("]")]
+        if host == "::1" and not have_ipv6():
+            pytest.skip("no IPv6 loopback")
+        if listen is not None and re.search(r":\d+$", listen.split(",")[0].strip()):
+            # a full listen list: the first entry is where the tests connect
+            listen_spec = listen
+            first = listen.split(",")[0].strip()
+            hp, port = first.rsplit(":", 1)
+            host, port = hp.strip("[]"), int(port)
+        else:
+            port = free_port(host)
+            listen_spec = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        name = f"connectd{n}"
+        access = os.path.join(str(tmp_path), f"{name}.access.log")
+        forced = {
+            "server": {"listen": listen_spec},
+            "dns": {"servers": dns_servers or dns.server_spec},
+        }
+        if base_text is None:
+            cfg = merge(BASE_CONFIG, forced)
+            cfg["log"]["access_log"] = access
+            cfg = merge(cfg, overrides)
+            text = render_ini(cfg)
+        else:
+            text = apply_ini_overrides(base_text, forced)
+            text = apply_ini_overrides(text, overrides or {})
+        p = Proxy(connectd_bin, str(tmp_path), name, text, host, port, [])
+        procs.append(p)
+        if wait:
+            p.wait_ready()
+        return p
+
+    yield make
+
+    report = []
+    for p in procs:
+        for c in p.clients:
+            c.close()
+    if procs:
+        # Let the daemon see the closes before SIGTERM, so that teardown normally finds no
+        # tunnel open (test_signals.py checks the drain itself).
+        time.sleep(0.1)
+    for p in procs:
+        problems = []
+        if p.stopped:
+            rc = p.proc.returncode
+        else:
+            rc_before = p.proc.poll()
+            if rc_before is not None:
+                problems.append(f"connectd (pid {p.pid}) exited during the test with status "
+                                f"{rc_before}")
+            else:
+                rc, killed = p.terminate()
+                if killed:
+                    problems.append(f"connectd (pid {p.pid}) did not exit within {STOP_GRACE}s "
+                                    "of SIGTERM; killed")
+                elif rc not in (0, -signal.SIGTERM):
+                    problems.append(f"connectd (pid {p.pid}) exited with status {rc} after "
+                                    "SIGTERM")
+        p._stderr.close()
+        hits, text = p.sanitizer_report()
+        if hits:
+            problems.append(f"sanitizer report in connectd stderr ({', '.join(hits)})")
+        if problems:
+            report.append("\n".join(problems) + f"\n--- connectd stderr ({p.stderr_path}) ---\n"
+                          + _tail(text, 200))
+    if report:
+        pytest.fail("\n\n".join(report), pytrace=False)
+
+
+@pytest.fixture
+def proxy(start_proxy):
+    """A proxy with the test defaults."""
+    return start_proxy()
+
+
+# ---- TLS -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory):
+    return tlsfix.make_certs(str(tmp_path_factory.mktemp("certs")))
+
+
+BIG_SIZE = 10 * 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def docroot(tmp_path_factory):
+    d = tmp_path_factory.mktemp("www")
+    data = os.urandom(BIG_SIZE)
+    (d / "big.bin").write_bytes(data)
+    (d / "hello.txt").write_bytes(b"hello through the tunnel\n")
+    import hashlib
+
+    return {"dir": str(d), "big_sha256": hashlib.sha256(data).hexdigest(), "big_size": len(data)}
+
+
+@pytest.fixture
+def tls_server(certs, docroot, tmp_path):
+    """Factory: tls_server(host='127.0.0.1') -> TLSFileServer serving docroot."""
+    made = []
+
+    def make(host=LOOPBACK4):
+        if ":" in host and not have_ipv6():
+            pytest.skip("no IPv6 loopback")
+        s = tlsfix.TLSFileServer(certs, docroot["dir"], str(tmp_path), host=host)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+def run_cli(binary, args, timeout=10):
+    r = subprocess.run([binary] + args, capture_output=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
+    r.out = r.stdout.decode("utf-8", errors="replace")
+    r.err = r.stderr.decode("utf-8", errors="replace")
+    return r
+
+
+@pytest.fixture
+def cli(connectd_bin):
+    def run(*args, timeout=10):
+        return run_cli(connectd_bin, list(args), timeout)
+
+    return run

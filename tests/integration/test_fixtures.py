@@ -1,0 +1,185 @@
+"""Self-tests of the test fixtures (no connectd needed): the DNS responder, the TCP helper
+servers, the connect blackhole, the TLS server and the ini editing."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+import dnsserver
+from conftest import apply_ini_overrides
+from netutil import Client, free_port, have_ipv6, parse_access_line, parse_proxy_status, sha256
+from servers import Blackhole, TCPServer, echo_handler, send_then_shutdown_handler, sink_handler
+from tlsfix import curl
+
+
+# ---- DNS -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dnsd():
+    d = dnsserver.DNSServer(records={"a.test": ["127.0.0.1", "::1"], "v4.test": ["127.0.0.2"],
+                                     "empty.test": []})
+    yield d
+    d.stop()
+
+
+def test_dns_a_and_aaaa(dnsd):
+    r = dnsserver.query(dnsd.port, "a.test", 1)
+    assert r["id"] == 0x4242 and r["flags"] & 0x8000 and r["rcode"] == 0
+    assert [(a[1], a[3]) for a in r["answers"]] == [(1, "127.0.0.1")]
+    r = dnsserver.query(dnsd.port, "A.Test.", 28)
+    assert r["rcode"] == 0
+    assert [(a[1], a[3]) for a in r["answers"]] == [(28, "::1")]
+    assert dnsd.queried("a.test") == [("a.test", "A"), ("a.test", "AAAA")]
+
+
+def test_dns_nodata_and_nxdomain(dnsd):
+    r = dnsserver.query(dnsd.port, "v4.test", 28)
+    assert r["rcode"] == 0 and r["answers"] == []
+    r = dnsserver.query(dnsd.port, "empty.test", 1)
+    assert r["rcode"] == 0 and r["answers"] == []
+    r = dnsserver.query(dnsd.port, "nope.test", 1)
+    assert r["rcode"] == 3 and r["answers"] == []
+    dnsd.servfail.add("broken.test")
+    r = dnsserver.query(dnsd.port, "broken.test", 1)
+    assert r["rcode"] == 2
+
+
+def test_dns_delay_does_not_block_other_queries(dnsd):
+    dnsd.set("slow.test", ["127.0.0.1"])
+    dnsd.delays["slow.test"] = 1.0
+    out = {}
+
+    def slow():
+        out["slow"] = dnsserver.query(dnsd.port, "slow.test", 1, timeout=3, qid=1)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.1)
+    fast = dnsserver.query(dnsd.port, "a.test", 1, qid=2)
+    assert fast["elapsed"] < 0.3
+    t.join(5)
+    assert 0.9 <= out["slow"]["elapsed"] < 2.0
+    assert out["slow"]["answers"][0][3] == "127.0.0.1"
+
+
+def test_dns_drop(dnsd):
+    dnsd.drop.add("drop.test")
+    with pytest.raises(socket.timeout):
+        dnsserver.query(dnsd.port, "drop.test", 1, timeout=0.5)
+    assert dnsd.queried("drop.test") == [("drop.test", "A")]
+
+
+def test_dns_handles_garbage(dnsd):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"\x00\x01garbage", ("127.0.0.1", dnsd.port))
+    s.close()
+    r = dnsserver.query(dnsd.port, "a.test", 1)
+    assert r["rcode"] == 0 and len(dnsd.errors) == 1
+
+
+# ---- TCP helpers ---------------------------------------------------------------------------
+
+
+def test_echo_server_and_client():
+    srv = TCPServer(echo_handler)
+    try:
+        c = Client("127.0.0.1", srv.port)
+        data = b"x" * 300000
+        c.send(data)
+        c.shutdown_write()
+        got, how = c.read_until_close(5)
+        assert got == data and how == "eof"
+        assert srv.wait_results(1)[0]["bytes"] == len(data)
+        assert srv.accepts == 1
+    finally:
+        srv.stop()
+
+
+def test_half_close_servers():
+    payload = b"p" * 100000
+    srv = TCPServer(send_then_shutdown_handler(payload))
+    sink = TCPServer(sink_handler(reply=b"bye"))
+    try:
+        c = Client("127.0.0.1", srv.port)
+        assert c.recv_exact(len(payload)) == payload
+        assert c.read_until_close(2) == (b"", "eof")
+        c.send(b"after")
+        c.shutdown_write()
+        r = srv.wait_results(1)[0]
+        assert r["bytes"] == 5 and r["sha256"] == sha256(b"after")
+        c = Client("127.0.0.1", sink.port)
+        c.send(b"abc")
+        c.shutdown_write()
+        assert c.read_until_close(2) == (b"bye", "eof")
+    finally:
+        srv.stop()
+        sink.stop()
+
+
+def test_blackhole_connect_hangs():
+    b = Blackhole()
+    try:
+        assert b.verify(0.5)
+    finally:
+        b.close()
+
+
+def test_closed_port_refuses():
+    p = free_port()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", p), timeout=2).close()
+
+
+@pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback")
+def test_ipv6_echo():
+    srv = TCPServer(echo_handler, host="::1")
+    try:
+        c = Client("::1", srv.port)
+        c.send(b"six")
+        assert c.recv_exact(3) == b"six"
+        c.close()
+    finally:
+        srv.stop()
+
+
+# ---- TLS -----------------------------------------------------------------------------------
+
+
+def test_tls_server_direct(certs, docroot, tls_server, tmp_path):
+    s = tls_server()
+    out = tmp_path / "big.bin"
+    r = curl(["-sS", "--cacert", certs.ca, f"https://localhost:{s.port}/big.bin", "-o", str(out)])
+    assert r.returncode == 0, r.stderr
+    import hashlib
+
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == docroot["big_sha256"]
+
+
+# ---- parsing helpers -----------------------------------------------------------------------
+
+
+def test_proxy_status_parse():
+    m, p, raw = parse_proxy_status('connectd; error=dns_error; rcode="NXDOMAIN"')
+    assert m == "connectd" and p == {"error": "dns_error", "rcode": "NXDOMAIN"}
+    assert raw["rcode"] == '"NXDOMAIN"'
+
+
+def test_access_line_parse():
+    d = parse_access_line("2026-11-27T16:40:01.123Z client=127.0.0.1:50234 target=a\\x20b:443 "
+                          "upstream=- status=0 up=0 down=0 duration=0.001 reason=client_reset\n")
+    assert d["client"] == "127.0.0.1:50234" and d["target"] == "a\\x20b:443"
+    assert d["status"] == "0" and d["upstream"] == "-"
+
+
+def test_ini_overrides():
+    text = "[server]\n; comment\nlisten = 127.0.0.1:3128\n\n[access]\nallow_ports = 443\n"
+    out = apply_ini_overrides(text, {"server": {"listen": "127.0.0.1:1"},
+                                     "access": {"deny_private": "no", "allow_ports": None},
+                                     "dns": {"servers": "127.0.0.1:5"}})
+    assert "listen = 127.0.0.1:1" in out and "3128" not in out
+    assert "allow_ports" not in out
+    assert out.index("deny_private = no") > out.index("[access]")
+    assert out.rstrip().endswith("[dns]\nservers = 127.0.0.1:5")
