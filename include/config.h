@@ -18,6 +18,14 @@ enum log_level {
     LOG_LEVEL_DEBUG,
 };
 
+/* How the relay moves bytes: auto = copy through a user-space buffer at first, splice(2)
+ * through a pipe once a direction carries bulk; splice / copy force one path. */
+enum relay_mode {
+    RELAY_AUTO = 0,
+    RELAY_SPLICE,
+    RELAY_COPY,
+};
+
 struct listen_addr {
     struct sockaddr_storage ss;
     socklen_t len;
@@ -27,6 +35,7 @@ struct config {
     /* [server] */
     struct listen_addr *listen;
     size_t nlisten;
+    enum relay_mode relay;
     /* [access] */
     struct access_config access;
     /* [dns] */

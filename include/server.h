@@ -30,6 +30,8 @@ struct server {
     unsigned refusing;   /* connections only being sent a refusal (503 at the limit) */
     struct buf *pool;    /* free relay buffers, linked through their first bytes */
     size_t npool;
+    int (*pipes)[2]; /* empty pipes kept for the splice path */
+    size_t npipes;
     struct client_table *clients; /* NULL unless a per-client limit is set */
     ev_timer sweep_timer;
     bool draining;

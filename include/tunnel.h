@@ -35,9 +35,12 @@ struct endpoint {
     int fd;
     ev_io rw, ww;
     struct buf *in; /* NULL while nothing is in flight: an idle tunnel holds no buffer */
+    int pipe[2];    /* splice path: bytes from this side in a kernel pipe; -1 when none held */
+    size_t piped;   /* bytes in that pipe */
     uint64_t sent;  /* bytes written to this side */
     bool eof;       /* read returned 0: nothing more will come from this side */
     bool shut;      /* we called shutdown(SHUT_WR) on this side */
+    bool bulk;      /* bytes from this side go through splice(2) */
     struct endpoint *peer;
     struct tunnel *t;
 };
@@ -79,6 +82,8 @@ int relay_start(struct tunnel *t, const char *reply, size_t replylen, const char
 /* Buffers for the relay come from a small per-server pool. */
 struct buf *relay_buf_get(struct server *srv);
 void relay_buf_put(struct server *srv, struct buf *b);
+/* Give back an endpoint's buffer and pipe (a pipe still holding bytes is closed, not pooled). */
+void relay_release(struct server *srv, struct endpoint *e);
 void relay_pool_free(struct server *srv);
 
 #endif

@@ -39,6 +39,7 @@ enum key_id {
     K_WORKERS,
     K_USER,
     K_PAC,
+    K_RELAY,
     K_ALLOW_PORTS,
     K_ALLOW_HOSTS,
     K_DENY_HOSTS,
@@ -72,6 +73,7 @@ static const struct key_def {
     [K_WORKERS] = {"server", "workers", false},
     [K_USER] = {"server", "user", false},
     [K_PAC] = {"server", "pac", false},
+    [K_RELAY] = {"server", "relay", true},
     [K_ALLOW_PORTS] = {"access", "allow_ports", true},
     [K_ALLOW_HOSTS] = {"access", "allow_hosts", true},
     [K_DENY_HOSTS] = {"access", "deny_hosts", true},
@@ -550,6 +552,19 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
     }
     case K_ACCESS_LOG:
         return set_access_log(c, v, why, whylen);
+    case K_RELAY: {
+        static const char *const names[] = {
+            [RELAY_AUTO] = "auto", [RELAY_SPLICE] = "splice", [RELAY_COPY] = "copy"};
+
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+            if (strcasecmp(v, names[i]) == 0) {
+                c->relay = (enum relay_mode)i;
+                return 0;
+            }
+        }
+        seterr(why, whylen, "must be auto, splice or copy");
+        return -1;
+    }
     case K_WORKERS:
     case K_USER:
     case K_PAC:

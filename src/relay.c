@@ -1,12 +1,19 @@
 /* relay: move bytes both ways once the tunnel is up.
  *
- * Each endpoint has a read watcher that fills its `in` buffer and a write watcher that drains
- * the peer's buffer into it. Backpressure: while a buffer is full its reader is stopped; it
- * restarts when the writer has made room. Half-close: EOF on one side becomes
- * shutdown(SHUT_WR) on the other once that direction's buffer is empty, while the other
- * direction keeps flowing. Buffers are taken from a pool while bytes are in flight and given
- * back as soon as they drain, so idle tunnels hold none. */
+ * Each endpoint has a read watcher that takes bytes from its socket and a write watcher that
+ * delivers the peer's bytes into it. Bytes in flight wait either in a user-space buffer (copy
+ * path) or in a kernel pipe filled and drained with splice(2) (bulk path: the bytes never
+ * enter user space). In "auto" mode a direction starts on the copy path, which costs the
+ * fewest syscalls for small exchanges, and moves to splice once one read fills a large share of
+ * a buffer. Only one of the two holds bytes of a direction at any time, so order is kept.
+ *
+ * Backpressure: while a buffer or pipe is full its reader is stopped; it restarts when the
+ * writer has drained half of it. Half-close: EOF on one side becomes shutdown(SHUT_WR) on the
+ * other once that direction is drained, while the other direction keeps flowing. Buffers and
+ * pipes are taken from pools while bytes are in flight and given back as soon as they drain,
+ * so idle tunnels hold neither. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -17,7 +24,13 @@
 #include "log.h"
 #include "tunnel.h"
 
-#define POOL_MAX 64 /* free buffers kept for reuse */
+#define POOL_MAX       64            /* free buffers kept for reuse */
+#define PIPE_POOL_MAX  64            /* free pipes kept for reuse */
+#define PIPE_SIZE      (256 * 1024)  /* bytes a pipe may hold (F_SETPIPE_SZ; best effort) */
+#define BULK_THRESHOLD (BUF_CAP / 4) /* a copy read this large moves the direction to splice */
+#define RESUME_AT      (BUF_CAP / 2) /* restart a stalled copy reader at half a buffer */
+
+/* ---- pools ---- */
 
 struct buf *relay_buf_get(struct server *srv) {
     struct buf *b = srv->pool;
@@ -43,6 +56,49 @@ void relay_buf_put(struct server *srv, struct buf *b) {
     srv->npool++;
 }
 
+static int pipe_get(struct server *srv, int p[2]) {
+    if (srv->npipes > 0) {
+        srv->npipes--;
+        p[0] = srv->pipes[srv->npipes][0];
+        p[1] = srv->pipes[srv->npipes][1];
+        return 0;
+    }
+    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) == -1)
+        return -1;
+    /* A larger pipe means fewer splice calls per megabyte; the default (64 KiB) still works. */
+    (void)fcntl(p[1], F_SETPIPE_SZ, PIPE_SIZE);
+    return 0;
+}
+
+static void pipe_put(struct server *srv, int p[2], bool empty) {
+    if (!srv->pipes)
+        srv->pipes = calloc(PIPE_POOL_MAX, sizeof *srv->pipes);
+    if (empty && srv->pipes && srv->npipes < PIPE_POOL_MAX) {
+        srv->pipes[srv->npipes][0] = p[0];
+        srv->pipes[srv->npipes][1] = p[1];
+        srv->npipes++;
+    } else {
+        close(p[0]);
+        close(p[1]);
+    }
+    p[0] = p[1] = -1;
+}
+
+static void release_buf(struct server *srv, struct endpoint *e) {
+    if (e->in) {
+        relay_buf_put(srv, e->in);
+        e->in = NULL;
+    }
+}
+
+void relay_release(struct server *srv, struct endpoint *e) {
+    release_buf(srv, e);
+    if (e->pipe[0] != -1) {
+        pipe_put(srv, e->pipe, e->piped == 0);
+        e->piped = 0;
+    }
+}
+
 void relay_pool_free(struct server *srv) {
     while (srv->pool) {
         struct buf *b = srv->pool;
@@ -50,7 +106,16 @@ void relay_pool_free(struct server *srv) {
         free(b);
     }
     srv->npool = 0;
+    for (size_t i = 0; i < srv->npipes; i++) {
+        close(srv->pipes[i][0]);
+        close(srv->pipes[i][1]);
+    }
+    free(srv->pipes);
+    srv->pipes = NULL;
+    srv->npipes = 0;
 }
+
+/* ---- moving bytes ---- */
 
 static const char *reset_reason(const struct tunnel *t, const struct endpoint *e) {
     return e == &t->client ? "client_reset" : "upstream_reset";
@@ -74,17 +139,10 @@ static int forward_eof(struct tunnel *t, struct endpoint *dst) {
     return t->state == TUNNEL_CLOSED ? -1 : 0;
 }
 
-/* Resume reading a side whose buffer was full only once half of it has drained: fewer, larger
- * reads and no memmove per byte freed. */
-#define RESUME_AT (BUF_CAP / 2)
-
-/* Write src->in to dst, then decide whether src may read more. Returns -1 when the tunnel was
- * closed. */
-static int flush(struct tunnel *t, struct endpoint *src) {
-    struct endpoint *dst = src->peer;
-    struct ev_loop *loop = t->srv->loop;
+/* Deliver what src->in holds. Returns bytes left, or -1 when the tunnel was closed. */
+static ssize_t drain_buf(struct tunnel *t, struct endpoint *src, struct endpoint *dst) {
     struct buf *b = src->in;
-    while (b && buf_len(b) > 0) {
+    while (buf_len(b) > 0) {
         ssize_t n = send(dst->fd, buf_head(b), buf_len(b), MSG_NOSIGNAL);
         if (n == -1) {
             if (errno == EINTR)
@@ -96,33 +154,66 @@ static int flush(struct tunnel *t, struct endpoint *src) {
         }
         buf_consume(b, (size_t)n);
         dst->sent += (uint64_t)n;
-        t->last_active = ev_now(loop);
         if (buf_len(b) > 0)
             break; /* a short write means the socket buffer is full: skip the EAGAIN call */
     }
-    if (b && buf_len(b) > 0) {
+    return (ssize_t)buf_len(b);
+}
+
+/* Deliver what src's pipe holds. Returns bytes left, or -1 when the tunnel was closed. */
+static ssize_t drain_pipe(struct tunnel *t, struct endpoint *src, struct endpoint *dst) {
+    while (src->piped > 0) {
+        ssize_t n = splice(src->pipe[0], NULL, dst->fd, NULL, src->piped,
+                           SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            tunnel_close(t, reset_reason(t, dst));
+            return -1;
+        }
+        src->piped -= (size_t)n;
+        dst->sent += (uint64_t)n;
+    }
+    return (ssize_t)src->piped;
+}
+
+/* Deliver src's bytes to dst, then decide who waits for what. Returns -1 when the tunnel was
+ * closed. */
+static int flush(struct tunnel *t, struct endpoint *src) {
+    struct endpoint *dst = src->peer;
+    struct ev_loop *loop = t->srv->loop;
+    ssize_t left = 0;
+    size_t cap = 0;
+    if (src->in) {
+        left = drain_buf(t, src, dst);
+        cap = BUF_CAP;
+    } else if (src->piped > 0) {
+        left = drain_pipe(t, src, dst);
+        cap = PIPE_SIZE;
+    }
+    if (left == -1)
+        return -1;
+    if (left > 0) {
+        t->last_active = ev_now(loop);
         ev_io_start(loop, &dst->ww);
-        if (buf_len(b) == BUF_CAP || src->eof)
-            ev_io_stop(loop, &src->rw);
-        else if (buf_len(b) <= RESUME_AT)
+        if (src->in && (size_t)left == BUF_CAP)
+            ev_io_stop(loop, &src->rw); /* full: a read would have no room */
+        else if (!src->eof && (size_t)left <= cap / 2 && (size_t)left <= RESUME_AT)
             ev_io_start(loop, &src->rw);
         return 0;
     }
+    /* Drained: give the buffer or pipe back, so an idle direction holds nothing. */
+    relay_release(t->srv, src);
     ev_io_stop(loop, &dst->ww);
-    if (b) {
-        relay_buf_put(t->srv, b);
-        src->in = NULL;
-    }
     if (src->eof)
         return forward_eof(t, dst);
     ev_io_start(loop, &src->rw);
     return 0;
 }
 
-static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
-    (void)revents;
-    struct endpoint *src = container_of(w, struct endpoint, rw);
-    struct tunnel *t = src->t;
+static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *src) {
     if (!src->in) {
         src->in = relay_buf_get(t->srv);
         if (!src->in) {
@@ -134,13 +225,19 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
     struct buf *b = src->in;
     if (buf_room(b) == 0)
         buf_compact(b);
+    if (buf_room(b) == 0) { /* full: wait for the writer (a zero-length read would mean EOF) */
+        ev_io_stop(loop, &src->rw);
+        return;
+    }
     ssize_t n = recv(src->fd, buf_tail(b), buf_room(b), 0);
     if (n > 0) {
         buf_produce(b, (size_t)n);
         t->last_active = ev_now(loop);
+        if (n >= BULK_THRESHOLD && t->srv->cfg->relay == RELAY_AUTO)
+            src->bulk = true; /* later reads, once this buffer drains, use splice */
         if (ev_is_active(&src->peer->ww)) {
-            /* The peer is not writable yet: just stop reading when the buffer fills. */
-            if (buf_room(b) == 0 && b->start == 0)
+            /* The peer is not writable yet: keep filling, stop when full. */
+            if (buf_len(b) == BUF_CAP)
                 ev_io_stop(loop, &src->rw);
             return;
         }
@@ -154,13 +251,67 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
         return;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-        if (buf_len(b) == 0) { /* spurious wake-up: an idle tunnel holds no buffer */
-            relay_buf_put(t->srv, b);
-            src->in = NULL;
-        }
+        if (buf_len(b) == 0) /* spurious wake-up: an idle tunnel holds no buffer */
+            release_buf(t->srv, src);
         return;
     }
     tunnel_close(t, reset_reason(t, src));
+}
+
+static void read_splice(struct ev_loop *loop, struct tunnel *t, struct endpoint *src) {
+    if (src->pipe[0] == -1 && pipe_get(t->srv, src->pipe) == -1) {
+        /* Out of fds or memory for a pipe: this direction stays on the copy path. */
+        src->bulk = false;
+        read_copy(loop, t, src);
+        return;
+    }
+    ssize_t n =
+        splice(src->fd, NULL, src->pipe[1], NULL, PIPE_SIZE, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+        src->piped += (size_t)n;
+        t->last_active = ev_now(loop);
+        if (ev_is_active(&src->peer->ww))
+            return; /* the peer is not writable yet: keep filling until the pipe says full */
+        flush(t, src);
+        return;
+    }
+    if (n == 0) {
+        src->eof = true;
+        ev_io_stop(loop, &src->rw);
+        flush(t, src);
+        return;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        /* Either the socket had nothing (spurious wake-up) or the pipe is full: in the second
+         * case stop reading, or the level-triggered loop would spin; flush restarts us. */
+        if (src->piped == 0)
+            relay_release(t->srv, src);
+        else
+            ev_io_stop(loop, &src->rw);
+        return;
+    }
+    if (errno == EINTR)
+        return;
+    if (errno == EINVAL && src->piped == 0) {
+        /* splice is not supported for this socket: copy from now on. */
+        relay_release(t->srv, src);
+        src->bulk = false;
+        return;
+    }
+    tunnel_close(t, reset_reason(t, src));
+}
+
+static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)revents;
+    struct endpoint *src = container_of(w, struct endpoint, rw);
+    /* Bytes already waiting in the copy buffer go first; splice only into an empty direction
+     * or onto bytes already in the pipe. */
+    if (src->piped > 0 || (src->bulk && (!src->in || buf_len(src->in) == 0))) {
+        release_buf(src->t->srv, src); /* if any, it is empty */
+        read_splice(loop, src->t, src);
+    } else {
+        read_copy(loop, src->t, src);
+    }
 }
 
 static void write_cb(struct ev_loop *loop, ev_io *w, int revents) {
@@ -189,6 +340,8 @@ int relay_start(struct tunnel *t, const char *reply, size_t replylen, const char
     if (seed(t->srv, &t->upstream, reply, replylen) == -1 ||
         seed(t->srv, &t->client, early, earlylen) == -1)
         return -1;
+    bool bulk = t->srv->cfg->relay == RELAY_SPLICE;
+    t->client.bulk = t->upstream.bulk = bulk;
     t->state = TUNNEL_RELAY;
     t->last_active = ev_now(loop);
     ev_io_set(&t->client.rw, t->client.fd, EV_READ);

@@ -60,6 +60,7 @@ static void arm_timer(struct tunnel *t, ev_tstamp after) {
 
 static void endpoint_init(struct tunnel *t, struct endpoint *e, struct endpoint *peer) {
     e->fd = -1;
+    e->pipe[0] = e->pipe[1] = -1;
     e->t = t;
     e->peer = peer;
 }
@@ -616,10 +617,7 @@ static void endpoint_close(struct server *srv, struct endpoint *e) {
         close(e->fd);
         e->fd = -1;
     }
-    if (e->in) {
-        relay_buf_put(srv, e->in);
-        e->in = NULL;
-    }
+    relay_release(srv, e);
 }
 
 void tunnel_close(struct tunnel *t, const char *reason) {
