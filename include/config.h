@@ -36,6 +36,7 @@ struct config {
     struct listen_addr *listen;
     size_t nlisten;
     enum relay_mode relay;
+    unsigned workers; /* processes; 0 = auto (one per online CPU) */
     /* [access] */
     struct access_config access;
     /* [dns] */

@@ -3,12 +3,14 @@
 #ifndef CONNECTD_NET_H
 #define CONNECTD_NET_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
 
 /* Non-blocking, close-on-exec listening TCP socket with SO_REUSEADDR (and IPV6_V6ONLY for
- * IPv6, so [::]:p and 0.0.0.0:p can coexist). */
-int net_listen(const struct sockaddr *sa, socklen_t len, int backlog, char *err, size_t errlen);
+ * IPv6, so [::]:p and 0.0.0.0:p can coexist); SO_REUSEPORT when reuseport. */
+int net_listen(const struct sockaddr *sa, socklen_t len, int backlog, bool reuseport, char *err,
+               size_t errlen);
 
 /* Start a non-blocking connect. Returns the fd when the connect is under way (EINPROGRESS) or
  * done; -1 with errno on immediate failure. */

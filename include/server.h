@@ -42,4 +42,9 @@ struct server {
  * shutdown timeout, then the loop ends. */
 void server_drain(struct server *srv);
 
+/* Serve on already bound listening sockets (one per [server] listen address) until SIGTERM or
+ * SIGINT has drained the tunnels. max_connections is this process's share. Returns the exit
+ * status. */
+int server_run(const struct config *cfg, const int *listen_fds, unsigned max_connections);
+
 #endif

@@ -70,7 +70,7 @@ static const struct key_def {
     bool supported; /* false: part of the contract, not implemented yet: an error when set */
 } keys[K_COUNT] = {
     [K_LISTEN] = {"server", "listen", true},
-    [K_WORKERS] = {"server", "workers", false},
+    [K_WORKERS] = {"server", "workers", true},
     [K_USER] = {"server", "user", false},
     [K_PAC] = {"server", "pac", false},
     [K_RELAY] = {"server", "relay", true},
@@ -566,6 +566,14 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
         return -1;
     }
     case K_WORKERS:
+        if (strcasecmp(v, "auto") == 0) {
+            c->workers = 0;
+            return 0;
+        }
+        if (set_uint(v, 1, 64, &u, why, whylen) != 0)
+            return -1;
+        c->workers = (unsigned)u;
+        return 0;
     case K_USER:
     case K_PAC:
     case K_POLICY:
@@ -747,6 +755,7 @@ static int set_defaults(struct config *c) {
     int bad = 0;
 
     memset(c, 0, sizeof *c);
+    c->workers = 1;
     c->listen = calloc(1, sizeof *c->listen);
     if (c->listen &&
         addr_parse_hostport(DEFAULT_LISTEN, &c->listen[0].ss, &c->listen[0].len, NULL, 0) == 0)

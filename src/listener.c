@@ -101,7 +101,24 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
     }
 }
 
-int listeners_open(struct server *srv, char *err, size_t errlen) {
+int listeners_bind(const struct config *cfg, bool reuseport, int *fds, char *err, size_t errlen) {
+    for (size_t i = 0; i < cfg->nlisten; i++) {
+        const struct listen_addr *la = &cfg->listen[i];
+        char name[ADDR_TEXT_MAX], why[128];
+        addr_format((const struct sockaddr *)&la->ss, true, name, sizeof name);
+        fds[i] = net_listen((const struct sockaddr *)&la->ss, la->len, LISTEN_BACKLOG, reuseport,
+                            why, sizeof why);
+        if (fds[i] == -1) {
+            snprintf(err, errlen, "listen %s: %s", name, why);
+            while (i > 0)
+                close(fds[--i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int listeners_start(struct server *srv, const int *fds, char *err, size_t errlen) {
     const struct config *cfg = srv->cfg;
     srv->listeners = calloc(cfg->nlisten, sizeof *srv->listeners);
     if (!srv->listeners) {
@@ -110,24 +127,15 @@ int listeners_open(struct server *srv, char *err, size_t errlen) {
     }
     for (size_t i = 0; i < cfg->nlisten; i++) {
         struct listener *l = &srv->listeners[i];
-        const struct listen_addr *la = &cfg->listen[i];
-        char why[128];
         l->srv = srv;
-        addr_format((const struct sockaddr *)&la->ss, true, l->name, sizeof l->name);
-        l->fd =
-            net_listen((const struct sockaddr *)&la->ss, la->len, LISTEN_BACKLOG, why, sizeof why);
-        if (l->fd == -1) {
-            snprintf(err, errlen, "listen %s: %s", l->name, why);
-            srv->nlisteners = i;
-            listeners_close(srv);
-            return -1;
-        }
+        l->fd = fds[i];
+        addr_format((const struct sockaddr *)&cfg->listen[i].ss, true, l->name, sizeof l->name);
         ev_io_init(&l->w, accept_cb, l->fd, EV_READ);
         ev_init(&l->pause, resume_cb);
         ev_io_start(srv->loop, &l->w);
-        srv->nlisteners = i + 1;
         log_info("listening on %s", l->name);
     }
+    srv->nlisteners = cfg->nlisten;
     srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     return 0;
 }

@@ -8,7 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
-int net_listen(const struct sockaddr *sa, socklen_t len, int backlog, char *err, size_t errlen) {
+int net_listen(const struct sockaddr *sa, socklen_t len, int backlog, bool reuseport, char *err,
+               size_t errlen) {
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
     if (fd == -1) {
         snprintf(err, errlen, "socket: %s", strerror(errno));
@@ -17,6 +18,10 @@ int net_listen(const struct sockaddr *sa, socklen_t len, int backlog, char *err,
     int on = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) == -1) {
         snprintf(err, errlen, "setsockopt(SO_REUSEADDR): %s", strerror(errno));
+        goto fail;
+    }
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) == -1) {
+        snprintf(err, errlen, "setsockopt(SO_REUSEPORT): %s", strerror(errno));
         goto fail;
     }
     if (sa->sa_family == AF_INET6 &&

@@ -71,7 +71,7 @@ BAD = {
     "max_connections_zero": ("limits", "max_connections", "0"),
     "max_request_bytes_too_small": ("limits", "max_request_bytes", "100"),
     "bad_level": ("log", "level", "chatty"),
-    "unsupported_workers": ("server", "workers", "2"),
+    "workers_zero": ("server", "workers", "0"),
     "unsupported_user": ("server", "user", "nobody"),
     "unsupported_pac": ("server", "pac", "yes"),
     "unsupported_policy": ("access", "policy", "/etc/connectd/rules.yaml"),
@@ -125,7 +125,7 @@ def test_check_missing_file(cli, tmp_path):
 
 def test_bad_config_does_not_start(connectd_bin, tmp_path):
     port = free_port()
-    text = GOOD.replace("127.0.0.1:3128", f"127.0.0.1:{port}") + "\n[server]\nworkers = 2\n"
+    text = GOOD.replace("127.0.0.1:3128", f"127.0.0.1:{port}") + "\n[server]\nworkers = 0\n"
     path = write(tmp_path, text)
     p = subprocess.Popen([connectd_bin, "-c", path], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)

@@ -233,6 +233,11 @@ static void test_values_ok(void **state) {
         {"[log]\nlevel = warn\n"},
         {"[server]\nlisten = 127.0.0.1:3128,\n"},
         {"[server]\n\n[server]\nlisten = [::1]:1\n"},
+        {"[server]\nworkers = 1\n"},
+        {"[server]\nworkers = 64\n"},
+        {"[server]\nworkers = auto\n"},
+        {"[server]\nrelay = splice\n"},
+        {"[server]\nrelay = COPY\n"},
     };
     (void)state;
     for (size_t i = 0; i < N(cases); i++) {
@@ -252,6 +257,10 @@ static void test_bad_values(void **state) {
         const char *why; /* expected in the message besides FILE:LINE and [section] key */
     } cases[] = {
         {"server", "listen", "", "at least one"},
+        {"server", "workers", "0", "1 to 64"},
+        {"server", "workers", "65", "1 to 64"},
+        {"server", "workers", "two", "1 to 64"},
+        {"server", "relay", "fast", "auto, splice or copy"},
         {"server", "listen", ",", "at least one"},
         {"server", "listen", "127.0.0.1", "missing port"},
         {"server", "listen", "localhost:3128", "not an IPv4 address"},
@@ -437,7 +446,6 @@ static void test_unsupported(void **state) {
     static const struct {
         const char *section, *key, *value;
     } cases[] = {
-        {"server", "workers", "1"},   {"server", "workers", "4"},
         {"server", "user", "nobody"}, {"server", "user", ""},
         {"server", "pac", "no"},      {"access", "policy", "/x.yaml"},
         {"access", "policy", ""},     {"auth", "users_file", "/etc/connectd/users"},

@@ -1,0 +1,172 @@
+/* server: one process's event loop: listeners, tunnels, resolver, signals, drain. */
+#include "server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "clients.h"
+#include "container.h"
+#include "dns.h"
+#include "listener.h"
+#include "log.h"
+#include "tunnel.h"
+
+static void reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
+    (void)loop;
+    (void)revents;
+    struct server *srv = container_of(w, struct server, reaper);
+    tunnel_reap(srv);
+    if (srv->draining && !srv->live)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static void drain_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)revents;
+    struct server *srv = container_of(w, struct server, drain_timer);
+    unsigned n = 0;
+    for (struct tunnel *t = srv->live, *next; t; t = next) {
+        next = t->next;
+        tunnel_close(t, "shutdown");
+        n++;
+    }
+    log_info("shutdown timeout: closed %u tunnels", n);
+    if (!srv->live)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+void server_drain(struct server *srv) {
+    if (srv->draining)
+        return;
+    srv->draining = true;
+    listeners_close(srv);
+    tunnel_refuse_handshakes(srv);
+    log_info("shutting down: %u tunnels open, waiting up to %.0fs", srv->active,
+             srv->cfg->timeout_shutdown);
+    if (!srv->live) {
+        ev_break(srv->loop, EVBREAK_ALL);
+        return;
+    }
+    ev_timer_init(&srv->drain_timer, drain_timeout_cb, srv->cfg->timeout_shutdown, 0.);
+    ev_timer_start(srv->loop, &srv->drain_timer);
+}
+
+static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents) {
+    (void)loop;
+    (void)revents;
+    struct server *srv = w->data;
+    log_info("received %s", strsignal(w->signum));
+    server_drain(srv);
+}
+
+static void sweep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)loop;
+    (void)revents;
+    struct server *srv = container_of(w, struct server, sweep_timer);
+    clients_sweep(srv->clients, ev_now(loop));
+}
+
+static void hup_cb(struct ev_loop *loop, ev_signal *w, int revents) {
+    (void)loop;
+    (void)revents;
+    (void)w;
+    log_warn("SIGHUP: configuration reload is not supported in this version; ignored");
+}
+
+/* Each tunnel needs two fds; raise the soft limit as far as the hard limit allows, and serve
+ * no more tunnels than it can carry, so clients beyond it get a clean 503 instead of
+ * handshakes failing half-way for want of an upstream fd. */
+#define FD_RESERVE 64 /* listeners, resolver, logs, the spare fd */
+
+static unsigned fit_fd_limit(unsigned want) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+        return want;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == -1) {
+            log_warn("setrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+            if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+                return want;
+        }
+    }
+    if (rl.rlim_cur == RLIM_INFINITY)
+        return want;
+    rlim_t fit = rl.rlim_cur > FD_RESERVE + 2 ? (rl.rlim_cur - FD_RESERVE) / 2 : 1;
+    if (fit >= want)
+        return want;
+    log_warn("open-file limit %llu carries only %llu of the %u tunnels this process may serve "
+             "(max_connections); serving at most %llu",
+             (unsigned long long)rl.rlim_cur, (unsigned long long)fit, want,
+             (unsigned long long)fit);
+    return (unsigned)fit;
+}
+
+int server_run(const struct config *cfg, const int *listen_fds, unsigned max_connections) {
+    char err[CONFIG_ERR_MAX];
+    struct server srv;
+    memset(&srv, 0, sizeof srv);
+    srv.spare_fd = -1;
+    srv.cfg = cfg;
+    srv.max_active = fit_fd_limit(max_connections);
+    srv.loop = ev_default_loop(EVFLAG_AUTO);
+    if (!srv.loop) {
+        log_error("cannot initialise the event loop");
+        return 1;
+    }
+    log_attach_loop(srv.loop);
+    ev_prepare_init(&srv.reaper, reaper_cb);
+
+    struct dns_config dc = {
+        .servers = cfg->dns_servers, .timeout = cfg->timeout_dns, .cache_size = cfg->dns_cache};
+    srv.dns = dns_new(srv.loop, &dc, err, sizeof err);
+    if (!srv.dns) {
+        log_error("%s", err);
+        return 1;
+    }
+    if (cfg->per_client_connections || cfg->per_client_rate) {
+        srv.clients = clients_new(cfg->per_client_connections, cfg->per_client_rate);
+        if (!srv.clients) {
+            log_error("out of memory");
+            dns_free(srv.dns);
+            return 1;
+        }
+        ev_timer_init(&srv.sweep_timer, sweep_cb, 10., 10.);
+        ev_timer_start(srv.loop, &srv.sweep_timer);
+    }
+    if (listeners_start(&srv, listen_fds, err, sizeof err) == -1) {
+        log_error("%s", err);
+        dns_free(srv.dns);
+        clients_free(srv.clients);
+        return 1;
+    }
+
+    ev_signal sigterm, sigint, sighup;
+    ev_signal_init(&sigterm, stop_cb, SIGTERM);
+    ev_signal_init(&sigint, stop_cb, SIGINT);
+    ev_signal_init(&sighup, hup_cb, SIGHUP);
+    sigterm.data = sigint.data = &srv;
+    ev_signal_start(srv.loop, &sigterm);
+    ev_signal_start(srv.loop, &sigint);
+    ev_signal_start(srv.loop, &sighup);
+    log_info("ready (max_connections %u)", srv.max_active);
+
+    ev_run(srv.loop, 0);
+
+    log_info("stopped");
+    ev_timer_stop(srv.loop, &srv.drain_timer);
+    ev_timer_stop(srv.loop, &srv.sweep_timer);
+    listeners_close(&srv);
+    tunnel_reap(&srv);
+    dns_free(srv.dns);
+    relay_pool_free(&srv);
+    clients_free(srv.clients);
+    ev_signal_stop(srv.loop, &sigterm);
+    ev_signal_stop(srv.loop, &sigint);
+    ev_signal_stop(srv.loop, &sighup);
+    ev_loop_destroy(srv.loop);
+    return 0;
+}
