@@ -131,7 +131,9 @@ static int forward_eof(struct tunnel *t, struct endpoint *dst) {
     if (dst->shut)
         return 0;
     dst->shut = true;
-    if (shutdown(dst->fd, SHUT_WR) == -1 && errno != ENOTCONN) {
+    /* When the other direction is finished too, the close that follows sends this FIN: save
+     * the syscall. (dst has sent its EOF, so no unread data can turn that close into an RST.) */
+    if (!(dst->eof && dst->peer->shut) && shutdown(dst->fd, SHUT_WR) == -1 && errno != ENOTCONN) {
         tunnel_close(t, reset_reason(t, dst));
         return -1;
     }
