@@ -26,9 +26,11 @@
 
 #define POOL_MAX       64            /* free buffers kept for reuse */
 #define PIPE_POOL_MAX  64            /* free pipes kept for reuse */
-#define PIPE_SIZE      (256 * 1024)  /* bytes a pipe may hold (F_SETPIPE_SZ; best effort) */
+#define PIPE_SIZE      (1024 * 1024) /* bytes a pipe may hold (F_SETPIPE_SZ; best effort) */
 #define BULK_THRESHOLD (BUF_CAP / 4) /* a copy read this large moves the direction to splice */
 #define RESUME_AT      (BUF_CAP / 2) /* restart a stalled copy reader at half a buffer */
+#define SPLICE_ROUNDS  4             /* splice-in/out rounds per wake-up, for fairness */
+#define SPLICE_MORE    (64 * 1024)   /* a splice-in this large suggests more is waiting */
 
 /* ---- pools ---- */
 
@@ -261,21 +263,28 @@ static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *s
 }
 
 static void read_splice(struct ev_loop *loop, struct tunnel *t, struct endpoint *src) {
-    if (src->pipe[0] == -1 && pipe_get(t->srv, src->pipe) == -1) {
-        /* Out of fds or memory for a pipe: this direction stays on the copy path. */
-        src->bulk = false;
-        read_copy(loop, t, src);
-        return;
-    }
-    ssize_t n =
-        splice(src->fd, NULL, src->pipe[1], NULL, PIPE_SIZE, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
-    if (n > 0) {
+    /* Keep moving while the socket has more and the peer takes it all, up to a cap: fewer
+     * trips through epoll for a bulk stream, and no starving the other tunnels. A drained pipe
+     * goes back to the pool after each round (flush), so take one each time. */
+    ssize_t n;
+    for (int round = 0;; round++) {
+        if (src->pipe[0] == -1 && pipe_get(t->srv, src->pipe) == -1) {
+            /* Out of fds or memory for a pipe: this direction stays on the copy path. */
+            src->bulk = false;
+            if (round == 0)
+                read_copy(loop, t, src);
+            return;
+        }
+        n = splice(src->fd, NULL, src->pipe[1], NULL, PIPE_SIZE, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        if (n <= 0)
+            break;
         src->piped += (size_t)n;
         t->last_active = ev_now(loop);
         if (ev_is_active(&src->peer->ww))
             return; /* the peer is not writable yet: keep filling until the pipe says full */
-        flush(t, src);
-        return;
+        if (flush(t, src) == -1 || src->piped > 0 || round + 1 >= SPLICE_ROUNDS ||
+            (size_t)n < SPLICE_MORE)
+            return; /* closed, peer full, fair share used, or a short read drained the socket */
     }
     if (n == 0) {
         src->eof = true;
