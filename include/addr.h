@@ -6,10 +6,18 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 /* Longest text addr_format() writes: "[ffff:...:255.255.255.255]:65535". */
 #define ADDR_TEXT_MAX 64
+
+/* An IPv4 or IPv6 socket address in the space it needs (sockaddr_storage is 128 bytes). */
+union sockaddr_any {
+    struct sockaddr sa;
+    struct sockaddr_in sin;
+    struct sockaddr_in6 sin6;
+};
 
 /* An IPv4 or IPv6 network. IPv4 is kept as family AF_INET with 4 bytes used. */
 struct cidr {

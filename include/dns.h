@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "addr.h"
+
 struct ev_loop;
 struct dns;
 struct dns_query;
@@ -16,7 +18,7 @@ struct dns_query;
 
 struct dns_answer {
     size_t n;
-    struct sockaddr_storage addr[DNS_MAX_ADDRS];
+    union sockaddr_any addr[DNS_MAX_ADDRS];
     socklen_t len[DNS_MAX_ADDRS];
 };
 

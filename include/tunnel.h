@@ -10,6 +10,7 @@
 
 #include <ev.h>
 
+#include "addr.h"
 #include "server.h"
 
 struct client_entry;
@@ -22,12 +23,6 @@ enum tunnel_state {
     TUNNEL_ERROR_REPLY,      /* writing a refusal */
     TUNNEL_LINGER,           /* refusal sent; reading and discarding until the client closes */
     TUNNEL_CLOSED,
-};
-
-union sockaddr_any {
-    struct sockaddr sa;
-    struct sockaddr_in sin;
-    struct sockaddr_in6 sin6;
 };
 
 /* One side of the tunnel. Bytes read from this side wait in `in` until written to the peer. */

@@ -169,16 +169,16 @@ static void cache_store(struct dns *d, const char *name, const struct ares_addri
 static void answer_add(struct dns_answer *ans, int family, const void *bytes, uint16_t port) {
     if (ans->n >= DNS_MAX_ADDRS)
         return;
-    struct sockaddr_storage *ss = &ans->addr[ans->n];
+    union sockaddr_any *ss = &ans->addr[ans->n];
     memset(ss, 0, sizeof *ss);
     if (family == AF_INET) {
-        struct sockaddr_in *sin = (struct sockaddr_in *)ss;
+        struct sockaddr_in *sin = &ss->sin;
         sin->sin_family = AF_INET;
         sin->sin_port = htons(port);
         memcpy(&sin->sin_addr, bytes, 4);
         ans->len[ans->n] = sizeof *sin;
     } else {
-        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
+        struct sockaddr_in6 *sin6 = &ss->sin6;
         sin6->sin6_family = AF_INET6;
         sin6->sin6_port = htons(port);
         memcpy(&sin6->sin6_addr, bytes, 16);

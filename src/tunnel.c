@@ -41,16 +41,25 @@ struct handshake {
     const char *deny_class; /* set when an address was refused as private */
     bool denied_host;       /* set when an address was refused by deny_hosts */
     ev_tstamp connect_deadline;
-    char reply[REPLY_MAX];
+    char *reply; /* REPLY_MAX bytes, allocated only for a refusal */
     size_t replylen, replyoff;
     const char *reason; /* close reason once the refusal is sent */
 };
 
 static void client_request_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void handshake_free(struct handshake *hs);
 static void client_watch_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void connect_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void dial_next(struct tunnel *t);
+
+static void handshake_free(struct handshake *hs) {
+    if (!hs)
+        return;
+    free(hs->req);
+    free(hs->reply);
+    free(hs);
+}
 
 static void arm_timer(struct tunnel *t, ev_tstamp after) {
     ev_timer_stop(t->srv->loop, &t->timer);
@@ -141,14 +150,20 @@ static void refuse(struct tunnel *t, int status, const char *proxy_error, const 
         t->upstream.fd = -1;
     }
     ev_io_stop(loop, &t->client.rw);
+    hs->reason = reason;
+    if (!hs->reply)
+        hs->reply = malloc(REPLY_MAX);
+    if (!hs->reply) {
+        tunnel_close(t, reason);
+        return;
+    }
     const char *extra = status == 405 ? "Allow: CONNECT\r\n" : NULL;
     hs->replylen =
-        http_build_error(hs->reply, sizeof hs->reply, status, proxy_error, params, details, extra);
+        http_build_error(hs->reply, REPLY_MAX, status, proxy_error, params, details, extra);
     if (hs->replylen == 0) /* details too long for the buffer: drop them */
         hs->replylen =
-            http_build_error(hs->reply, sizeof hs->reply, status, proxy_error, params, NULL, extra);
+            http_build_error(hs->reply, REPLY_MAX, status, proxy_error, params, NULL, extra);
     hs->replyoff = 0;
-    hs->reason = reason;
     t->status = status;
     t->state = TUNNEL_ERROR_REPLY;
     ev_set_cb(&t->client.ww, reply_write_cb);
@@ -236,11 +251,13 @@ static void request_complete(struct tunnel *t) {
         break;
     }
     if (is_ip) {
+        struct sockaddr_storage ss;
         hs->ans.n = 0;
-        if (addr_parse_ip(req->host, req->port, &hs->ans.addr[0], &hs->ans.len[0]) == -1) {
+        if (addr_parse_ip(req->host, req->port, &ss, &hs->ans.len[0]) == -1) {
             refuse(t, 400, "http_request_error", NULL, "bad IP address", "bad_request");
             return;
         }
+        memcpy(&hs->ans.addr[0], &ss, hs->ans.len[0]);
         hs->ans.n = 1;
         hs->next_addr = 0;
         hs->connect_deadline = ev_now(t->srv->loop) + cfg->timeout_connect;
@@ -354,8 +371,7 @@ static void connected(struct tunnel *t) {
         tunnel_close(t, "out_of_memory");
         return;
     }
-    free(hs->req);
-    free(hs);
+    handshake_free(hs);
     t->hs = NULL;
 }
 
@@ -417,7 +433,7 @@ static void dial_next(struct tunnel *t) {
             break;
         }
         size_t i = hs->next_addr++;
-        const struct sockaddr *sa = (const struct sockaddr *)&hs->ans.addr[i];
+        const struct sockaddr *sa = &hs->ans.addr[i].sa;
         const char *cls = NULL;
         switch (policy_check_addr(&cfg->access, sa, hs->name_allowed, &cls)) {
         case POLICY_ADDR_ALLOW:
@@ -656,9 +672,7 @@ void tunnel_reap(struct server *srv) {
     while (srv->dead) {
         struct tunnel *t = srv->dead;
         srv->dead = t->next;
-        if (t->hs)
-            free(t->hs->req);
-        free(t->hs);
+        handshake_free(t->hs);
         free(t->target);
         free(t);
     }
