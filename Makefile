@@ -20,7 +20,7 @@ CFLAGS_ALL  = $(OPT) $(WARN) $(HARDEN) $(CFLAGS)
 LDFLAGS_ALL = -pie -Wl,-z,relro,-z,now $(LDFLAGS)
 LIBS   := -lev -linih -lcares -lm
 
-PURE_SRC := src/http.c src/config.c src/policy.c src/addr.c src/buf.c src/clients.c
+PURE_SRC := src/http.c src/config.c src/policy.c src/addr.c src/buf.c src/clients.c src/text.c
 IO_SRC   := src/main.c src/server.c src/master.c src/net.c src/listener.c src/dns.c src/tunnel.c \
             src/relay.c src/log.c
 UNIT_SRC := $(wildcard tests/unit/test_*.c)

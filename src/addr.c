@@ -1,10 +1,10 @@
 /* addr: socket addresses and CIDR blocks: parse, print, match, classify.
  * Pure: no syscalls, no ev.h (inet_pton/inet_ntop are plain string conversions). */
 #include "addr.h"
+#include "text.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -15,17 +15,6 @@ struct ipbytes {
 };
 
 static const uint8_t v4mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-
-__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen, const char *fmt,
-                                                         ...) {
-    va_list ap;
-
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    (void)vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static bool is_digit(char ch) {
     return ch >= '0' && ch <= '9';
@@ -165,41 +154,41 @@ int addr_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *l
     size_t hl;
 
     if (!s || !*s) {
-        seterr(err, errlen, "empty address; expected host:port, e.g. 127.0.0.1:3128");
+        text_seterr(err, errlen, "empty address; expected host:port, e.g. 127.0.0.1:3128");
         return -1;
     }
     if (strpbrk(s, " \t")) {
-        seterr(err, errlen, "unexpected whitespace");
+        text_seterr(err, errlen, "unexpected whitespace");
         return -1;
     }
     if (s[0] == '[') {
         const char *close = strchr(s, ']');
 
         if (!close) {
-            seterr(err, errlen, "missing ']' after the IPv6 address in '%s'", s);
+            text_seterr(err, errlen, "missing ']' after the IPv6 address in '%s'", s);
             return -1;
         }
         hl = (size_t)(close - s - 1);
         if (hl >= sizeof host) {
-            seterr(err, errlen, "'%.*s' is not an IPv6 address", (int)hl, s + 1);
+            text_seterr(err, errlen, "'%.*s' is not an IPv6 address", (int)hl, s + 1);
             return -1;
         }
         memcpy(host, s + 1, hl);
         host[hl] = '\0';
         if (strchr(host, '%')) {
-            seterr(err, errlen, "zone ids ('%s') are not supported", host);
+            text_seterr(err, errlen, "zone ids ('%s') are not supported", host);
             return -1;
         }
         if (!parse_v6(host, b)) {
-            seterr(err, errlen, "'%s' is not an IPv6 address", host);
+            text_seterr(err, errlen, "'%s' is not an IPv6 address", host);
             return -1;
         }
         if (close[1] == '\0') {
-            seterr(err, errlen, "missing port, e.g. [%s]:3128", host);
+            text_seterr(err, errlen, "missing port, e.g. [%s]:3128", host);
             return -1;
         }
         if (close[1] != ':') {
-            seterr(err, errlen, "unexpected '%s' after ']'; expected :port", close + 1);
+            text_seterr(err, errlen, "unexpected '%s' after ']'; expected :port", close + 1);
             return -1;
         }
         family = AF_INET6;
@@ -208,37 +197,38 @@ int addr_parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *l
         const char *colon = strrchr(s, ':');
 
         if (!colon) {
-            seterr(err, errlen, "missing port, e.g. %s:3128", s);
+            text_seterr(err, errlen, "missing port, e.g. %s:3128", s);
             return -1;
         }
         if (memchr(s, ':', (size_t)(colon - s))) {
-            seterr(err, errlen, "an IPv6 address needs brackets, e.g. [::1]:3128");
+            text_seterr(err, errlen, "an IPv6 address needs brackets, e.g. [::1]:3128");
             return -1;
         }
         hl = (size_t)(colon - s);
         if (hl == 0) {
-            seterr(err, errlen, "missing address before ':' (use 0.0.0.0 or [::] for all)");
+            text_seterr(err, errlen, "missing address before ':' (use 0.0.0.0 or [::] for all)");
             return -1;
         }
         if (hl >= sizeof host) {
-            seterr(err, errlen, "'%.*s' is not an IPv4 address", (int)hl, s);
+            text_seterr(err, errlen, "'%.*s' is not an IPv4 address", (int)hl, s);
             return -1;
         }
         memcpy(host, s, hl);
         host[hl] = '\0';
         if (!parse_v4(host, b)) {
-            seterr(err, errlen, "'%s' is not an IPv4 address (host names are not allowed)", host);
+            text_seterr(err, errlen, "'%s' is not an IPv4 address (host names are not allowed)",
+                        host);
             return -1;
         }
         family = AF_INET;
         portstr = colon + 1;
     }
     if (*portstr == '\0') {
-        seterr(err, errlen, "missing port after ':'");
+        text_seterr(err, errlen, "missing port after ':'");
         return -1;
     }
     if (!parse_port(portstr, &port)) {
-        seterr(err, errlen, "bad port '%s' (must be 1-65535)", portstr);
+        text_seterr(err, errlen, "bad port '%s' (must be 1-65535)", portstr);
         return -1;
     }
     if (ss)
@@ -280,17 +270,17 @@ int cidr_parse(const char *s, struct cidr *out, char *err, size_t errlen) {
     if (out)
         memset(out, 0, sizeof *out);
     if (!s || !*s) {
-        seterr(err, errlen, "empty address");
+        text_seterr(err, errlen, "empty address");
         return -1;
     }
     slash = strchr(s, '/');
     al = slash ? (size_t)(slash - s) : strlen(s);
     if (al == 0) {
-        seterr(err, errlen, "missing address before '/'");
+        text_seterr(err, errlen, "missing address before '/'");
         return -1;
     }
     if (al >= sizeof addr) {
-        seterr(err, errlen, "'%.*s' is not an IP address", (int)al, s);
+        text_seterr(err, errlen, "'%.*s' is not an IP address", (int)al, s);
         return -1;
     }
     memcpy(addr, s, al);
@@ -302,7 +292,7 @@ int cidr_parse(const char *s, struct cidr *out, char *err, size_t errlen) {
         c.family = AF_INET6;
         maxp = 128;
     } else {
-        seterr(err, errlen, "'%s' is not an IP address", addr);
+        text_seterr(err, errlen, "'%s' is not an IP address", addr);
         return -1;
     }
     c.prefix = maxp;
@@ -314,11 +304,11 @@ int cidr_parse(const char *s, struct cidr *out, char *err, size_t errlen) {
         for (; n < 4 && is_digit(p[n]); n++)
             v = v * 10 + (unsigned)(p[n] - '0');
         if (n == 0 || p[n] != '\0' || (n > 1 && p[0] == '0')) {
-            seterr(err, errlen, "bad prefix length '/%s'", p);
+            text_seterr(err, errlen, "bad prefix length '/%s'", p);
             return -1;
         }
         if (v > maxp) {
-            seterr(err, errlen, "prefix length /%u is out of range (0-%u)", v, maxp);
+            text_seterr(err, errlen, "prefix length /%u is out of range (0-%u)", v, maxp);
             return -1;
         }
         c.prefix = v;
@@ -332,8 +322,8 @@ int cidr_parse(const char *s, struct cidr *out, char *err, size_t errlen) {
         if (memcmp(net, c.bytes, maxp / 8) != 0) {
             if (!inet_ntop(c.family, net, text, sizeof text))
                 text[0] = '\0';
-            seterr(err, errlen, "host bits are set below the /%u prefix; did you mean %s/%u?",
-                   c.prefix, text, c.prefix);
+            text_seterr(err, errlen, "host bits are set below the /%u prefix; did you mean %s/%u?",
+                        c.prefix, text, c.prefix);
             return -1;
         }
     }

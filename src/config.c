@@ -11,6 +11,7 @@
  *     inih multi-line continuation of the previous key, and a value-only line is a syntax error.
  * The first error stops parsing; nothing after it is applied. */
 #include "config.h"
+#include "text.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -112,17 +113,6 @@ struct ctx {
     size_t errlen;
 };
 
-__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen, const char *fmt,
-                                                         ...) {
-    va_list ap;
-
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    (void)vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* Record the first error only. */
 __attribute__((format(printf, 2, 3))) static void fail(struct ctx *x, const char *fmt, ...) {
     va_list ap;
@@ -137,40 +127,8 @@ __attribute__((format(printf, 2, 3))) static void fail(struct ctx *x, const char
     va_end(ap);
 }
 
-static bool is_space(char ch) {
-    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
-}
-
 static bool is_digit(char ch) {
     return ch >= '0' && ch <= '9';
-}
-
-/* Next comma-separated item of *sp, whitespace-trimmed, into buf. 1: item (maybe empty),
- * 0: end, -1: item too long for buf. */
-static int next_item(const char **sp, char *buf, size_t bufsize) {
-    const char *s = *sp, *end, *comma;
-    size_t n;
-
-    while (is_space(*s))
-        s++;
-    if (*s == '\0') {
-        *sp = s;
-        return 0;
-    }
-    comma = strchr(s, ',');
-    end = comma ? comma : s + strlen(s);
-    *sp = comma ? comma + 1 : end;
-    while (end > s && is_space(end[-1]))
-        end--;
-    n = (size_t)(end - s);
-    if (n >= bufsize) {
-        memcpy(buf, s, bufsize - 1);
-        buf[bufsize - 1] = '\0';
-        return -1;
-    }
-    memcpy(buf, s, n);
-    buf[n] = '\0';
-    return 1;
 }
 
 static size_t count_items(const char *s) {
@@ -270,34 +228,34 @@ static int set_listen(struct config *c, const char *v, char *why, size_t whylen)
     int r;
 
     if (!l) {
-        seterr(why, whylen, "out of memory");
+        text_seterr(why, whylen, "out of memory");
         return -1;
     }
-    while ((r = next_item(&v, item, sizeof item)) != 0) {
+    while ((r = text_next_item(&v, item, sizeof item)) != 0) {
         if (r < 0) {
-            seterr(why, whylen, "'%.40s...' is too long", item);
+            text_seterr(why, whylen, "'%.40s...' is too long", item);
             goto fail;
         }
         if (item[0] == '\0')
             continue;
         if (strpbrk(item, " \t")) {
-            seterr(why, whylen, "bad address '%s': separate items with commas", item);
+            text_seterr(why, whylen, "bad address '%s': separate items with commas", item);
             goto fail;
         }
         if (addr_parse_hostport(item, &l[n].ss, &l[n].len, e, sizeof e) != 0) {
-            seterr(why, whylen, "bad address '%s': %s", item, e);
+            text_seterr(why, whylen, "bad address '%s': %s", item, e);
             goto fail;
         }
         for (size_t i = 0; i < n; i++) {
             if (l[i].len == l[n].len && memcmp(&l[i].ss, &l[n].ss, l[n].len) == 0) {
-                seterr(why, whylen, "'%s' is listed twice", item);
+                text_seterr(why, whylen, "'%s' is listed twice", item);
                 goto fail;
             }
         }
         n++;
     }
     if (n == 0) {
-        seterr(why, whylen, "needs at least one host:port, e.g. " DEFAULT_LISTEN);
+        text_seterr(why, whylen, "needs at least one host:port, e.g. " DEFAULT_LISTEN);
         goto fail;
     }
     free(c->listen);
@@ -323,27 +281,28 @@ static int parse_dns_server(const char *item, struct sockaddr_storage *ss, char 
         memcpy(inner, item + 1, n - 2);
         inner[n - 2] = '\0';
         if (!strchr(inner, ':') || addr_parse_ip(inner, DNS_DEFAULT_PORT, ss, NULL) != 0) {
-            seterr(why, whylen, "bad server '%s': not an IPv6 address", item);
+            text_seterr(why, whylen, "bad server '%s': not an IPv6 address", item);
             return -1;
         }
         return 0;
     }
     if (item[0] != '[' && !colon) {
         if (addr_parse_ip(item, DNS_DEFAULT_PORT, ss, NULL) != 0) {
-            seterr(why, whylen,
-                   "bad server '%s': not an IP address (names cannot be used: the resolver "
-                   "cannot look up its own servers)",
-                   item);
+            text_seterr(why, whylen,
+                        "bad server '%s': not an IP address (names cannot be used: the resolver "
+                        "cannot look up its own servers)",
+                        item);
             return -1;
         }
         return 0;
     }
     if (item[0] != '[' && strchr(colon + 1, ':')) {
-        seterr(why, whylen, "bad server '%s': an IPv6 address needs brackets, e.g. [::1]:53", item);
+        text_seterr(why, whylen, "bad server '%s': an IPv6 address needs brackets, e.g. [::1]:53",
+                    item);
         return -1;
     }
     if (addr_parse_hostport(item, ss, NULL, e, sizeof e) != 0) {
-        seterr(why, whylen, "bad server '%s': %s", item, e);
+        text_seterr(why, whylen, "bad server '%s': %s", item, e);
         return -1;
     }
     return 0;
@@ -356,23 +315,23 @@ static int set_dns_servers(struct config *c, const char *v, char *why, size_t wh
     int r;
 
     if (!csv) {
-        seterr(why, whylen, "out of memory");
+        text_seterr(why, whylen, "out of memory");
         return -1;
     }
     csv[0] = '\0';
-    while ((r = next_item(&v, item, sizeof item)) != 0) {
+    while ((r = text_next_item(&v, item, sizeof item)) != 0) {
         struct sockaddr_storage ss;
         char text[ADDR_TEXT_MAX];
         size_t tl;
 
         if (r < 0) {
-            seterr(why, whylen, "bad server '%.40s...': too long", item);
+            text_seterr(why, whylen, "bad server '%.40s...': too long", item);
             goto fail;
         }
         if (item[0] == '\0')
             continue;
         if (strpbrk(item, " \t")) {
-            seterr(why, whylen, "bad server '%s': separate items with commas", item);
+            text_seterr(why, whylen, "bad server '%s': separate items with commas", item);
             goto fail;
         }
         if (parse_dns_server(item, &ss, why, whylen) != 0)
@@ -403,19 +362,19 @@ static int set_timeout(const char *v, double *dst, bool zero_ok, char *why, size
         size_t numeric = strspn(v, "0123456789.");
 
         if (numeric > 0 && v[numeric] == '\0')
-            seterr(why, whylen, "needs a unit, e.g. 10s (ms, s, m or h)");
+            text_seterr(why, whylen, "needs a unit, e.g. 10s (ms, s, m or h)");
         else
-            seterr(why, whylen,
-                   "bad duration; use a number and a unit ms, s, m or h, "
-                   "e.g. 250ms, 10s, 1.5m, 1h");
+            text_seterr(why, whylen,
+                        "bad duration; use a number and a unit ms, s, m or h, "
+                        "e.g. 250ms, 10s, 1.5m, 1h");
         return -1;
     }
     if (!zero_ok && s <= 0) {
-        seterr(why, whylen, "must be greater than 0");
+        text_seterr(why, whylen, "must be greater than 0");
         return -1;
     }
     if (s > MAX_DURATION) {
-        seterr(why, whylen, "must be at most 24h");
+        text_seterr(why, whylen, "must be at most 24h");
         return -1;
     }
     *dst = s;
@@ -425,7 +384,7 @@ static int set_timeout(const char *v, double *dst, bool zero_ok, char *why, size
 static int set_uint(const char *v, unsigned long min, unsigned long max, unsigned long *out,
                     char *why, size_t whylen) {
     if (parse_uint(v, min, max, out) != 0) {
-        seterr(why, whylen, "must be a whole number from %lu to %lu", min, max);
+        text_seterr(why, whylen, "must be a whole number from %lu to %lu", min, max);
         return -1;
     }
     return 0;
@@ -435,11 +394,12 @@ static int set_access_log(struct config *c, const char *v, char *why, size_t why
     char *s;
 
     if (v[0] == '\0') {
-        seterr(why, whylen, "is empty; use stderr, off or a file path");
+        text_seterr(why, whylen, "is empty; use stderr, off or a file path");
         return -1;
     }
     if (strcasecmp(v, "syslog") == 0) {
-        seterr(why, whylen, "syslog is not supported in this version; use stderr, off or a file");
+        text_seterr(why, whylen,
+                    "syslog is not supported in this version; use stderr, off or a file");
         return -1;
     }
     if (strcasecmp(v, "stderr") == 0)
@@ -449,7 +409,7 @@ static int set_access_log(struct config *c, const char *v, char *why, size_t why
     else
         s = strdup(v);
     if (!s) {
-        seterr(why, whylen, "out of memory");
+        text_seterr(why, whylen, "out of memory");
         return -1;
     }
     free(c->access_log);
@@ -494,7 +454,7 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
     }
     case K_DENY_PRIVATE:
         if (parse_bool(v, &a->deny_private) != 0) {
-            seterr(why, whylen, "must be yes or no");
+            text_seterr(why, whylen, "must be yes or no");
             return -1;
         }
         return 0;
@@ -547,7 +507,7 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
                 return 0;
             }
         }
-        seterr(why, whylen, "must be error, warn, info or debug");
+        text_seterr(why, whylen, "must be error, warn, info or debug");
         return -1;
     }
     case K_ACCESS_LOG:
@@ -562,7 +522,7 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
                 return 0;
             }
         }
-        seterr(why, whylen, "must be auto, splice or copy");
+        text_seterr(why, whylen, "must be auto, splice or copy");
         return -1;
     }
     case K_WORKERS:
@@ -582,7 +542,7 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
     case K_COUNT:
         break;
     }
-    seterr(why, whylen, "not supported in this version");
+    text_seterr(why, whylen, "not supported in this version");
     return -1;
 }
 
@@ -620,7 +580,7 @@ static int check_line(struct ctx *x, const char *p, size_t n) {
             return -1;
         }
         rest = (size_t)(close + 1 - p);
-        while (rest < n && is_space(p[rest]))
+        while (rest < n && text_is_space(p[rest]))
             rest++;
         if (rest < n && p[rest] != ';' && p[rest] != '#') {
             fail(x, "%s:%d: [%.*s]: unexpected text after ']'", x->name, x->lineno, (int)sl, p + 1);
@@ -632,7 +592,7 @@ static int check_line(struct ctx *x, const char *p, size_t n) {
     for (i = 0; i < n; i++) {
         if (p[i] == '=' || p[i] == ':' || (was_space && p[i] == ';'))
             break;
-        was_space = is_space(p[i]);
+        was_space = text_is_space(p[i]);
     }
     if (i == n || p[i] == ';') {
         fail(x,
@@ -641,7 +601,7 @@ static int check_line(struct ctx *x, const char *p, size_t n) {
              x->name, x->lineno, (int)n, p);
         return -1;
     }
-    while (i > 0 && is_space(p[i - 1]))
+    while (i > 0 && text_is_space(p[i - 1]))
         i--;
     if (i == 0) {
         fail(x, "%s:%d: missing key name before '%c'", x->name, x->lineno, p[0]);
@@ -832,7 +792,7 @@ int config_load_string(const char *text, const char *name, struct config *c, cha
         name = "(string)";
     if (!text) {
         memset(c, 0, sizeof *c);
-        seterr(err, errlen, "%s: no text", name);
+        text_seterr(err, errlen, "%s: no text", name);
         return -1;
     }
     return load_text(text, strlen(text), name, c, err, errlen);
@@ -847,7 +807,7 @@ int config_load_file(const char *path, struct config *c, char *err, size_t errle
     memset(c, 0, sizeof *c);
     f = fopen(path, "re");
     if (!f) {
-        seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        text_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
     for (;;) {
@@ -857,13 +817,13 @@ int config_load_file(const char *path, struct config *c, char *err, size_t errle
             char *nb;
 
             if (cap >= FILE_MAX) {
-                seterr(err, errlen, "%s: larger than %zu bytes", path, FILE_MAX);
+                text_seterr(err, errlen, "%s: larger than %zu bytes", path, FILE_MAX);
                 goto fail;
             }
             cap = cap ? cap * 2 : 4096;
             nb = realloc(buf, cap);
             if (!nb) {
-                seterr(err, errlen, "%s: out of memory", path);
+                text_seterr(err, errlen, "%s: out of memory", path);
                 goto fail;
             }
             buf = nb;
@@ -874,7 +834,7 @@ int config_load_file(const char *path, struct config *c, char *err, size_t errle
             break;
     }
     if (ferror(f)) {
-        seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        text_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
         goto fail;
     }
     (void)fclose(f);

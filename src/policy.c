@@ -5,8 +5,8 @@
  * pattern never matches a name, except "*", which matches any target in step 1 but is never an
  * exception to deny_private in step 2. */
 #include "policy.h"
+#include "text.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,58 +17,12 @@
 #define NAME_MAX_LEN  253
 #define LABEL_MAX_LEN 63
 
-__attribute__((format(printf, 3, 4))) static void seterr(char *err, size_t errlen, const char *fmt,
-                                                         ...) {
-    va_list ap;
-
-    if (!err || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    (void)vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
-static bool is_space(char ch) {
-    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
-}
-
 static bool is_digit(char ch) {
     return ch >= '0' && ch <= '9';
 }
 
 static char to_lower(char ch) {
     return ch >= 'A' && ch <= 'Z' ? (char)(ch - 'A' + 'a') : ch;
-}
-
-/* Next comma-separated item of *sp with surrounding whitespace removed, copied into
- * buf (NUL-terminated). Returns 1 for an item (possibly empty), 0 at the end, -1 when the item
- * does not fit (buf then holds its truncated start, for the message). */
-static int next_item(const char **sp, char *buf, size_t bufsize) {
-    const char *s = *sp, *end, *comma;
-    size_t n;
-
-    if (!s)
-        return 0;
-    while (is_space(*s))
-        s++;
-    if (*s == '\0') {
-        *sp = s;
-        return 0;
-    }
-    comma = strchr(s, ',');
-    end = comma ? comma : s + strlen(s);
-    *sp = comma ? comma + 1 : end;
-    while (end > s && is_space(end[-1]))
-        end--;
-    n = (size_t)(end - s);
-    if (n >= bufsize) {
-        memcpy(buf, s, bufsize - 1);
-        buf[bufsize - 1] = '\0';
-        return -1;
-    }
-    memcpy(buf, s, n);
-    buf[n] = '\0';
-    return 1;
 }
 
 /* An item with whitespace inside is most likely two items missing a comma. */
@@ -116,29 +70,30 @@ static int parse_port_item(const char *item, struct port_range *r, char *err, si
     if (!dash) {
         lo = hi = port_number(item, strlen(item));
         if (lo < 0) {
-            seterr(err, errlen, "bad port '%s': not a number 1-65535", item);
+            text_seterr(err, errlen, "bad port '%s': not a number 1-65535", item);
             return -1;
         }
     } else {
         const char *a = item, *aend = dash, *b = dash + 1, *bend = item + strlen(item);
 
-        while (aend > a && is_space(aend[-1]))
+        while (aend > a && text_is_space(aend[-1]))
             aend--;
-        while (is_space(*b))
+        while (text_is_space(*b))
             b++;
         lo = port_number(a, (size_t)(aend - a));
         hi = port_number(b, (size_t)(bend - b));
         if (lo < 0 || hi < 0) {
-            seterr(err, errlen, "bad port range '%s': expected LOW-HIGH, e.g. 10000-10100", item);
+            text_seterr(err, errlen, "bad port range '%s': expected LOW-HIGH, e.g. 10000-10100",
+                        item);
             return -1;
         }
         if (lo > hi) {
-            seterr(err, errlen, "bad port range '%s': %ld is above %ld", item, lo, hi);
+            text_seterr(err, errlen, "bad port range '%s': %ld is above %ld", item, lo, hi);
             return -1;
         }
     }
     if (lo == 0) {
-        seterr(err, errlen, "bad port '%s': port 0 is not allowed (1-65535)", item);
+        text_seterr(err, errlen, "bad port '%s': port 0 is not allowed (1-65535)", item);
         return -1;
     }
     r->lo = (uint16_t)lo;
@@ -152,23 +107,23 @@ int policy_parse_ports(const char *s, struct port_list *out, char *err, size_t e
     size_t cap = 0;
     int r;
 
-    while ((r = next_item(&s, item, sizeof item)) != 0) {
+    while ((r = text_next_item(&s, item, sizeof item)) != 0) {
         struct port_range pr;
 
         if (r < 0) {
-            seterr(err, errlen, "bad port '%s...': too long", item);
+            text_seterr(err, errlen, "bad port '%s...': too long", item);
             goto fail;
         }
         if (item[0] == '\0')
             continue;
         if (inner_space(item) && !strchr(item, '-')) {
-            seterr(err, errlen, "bad port '%s': separate items with commas", item);
+            text_seterr(err, errlen, "bad port '%s': separate items with commas", item);
             goto fail;
         }
         if (parse_port_item(item, &pr, err, errlen) != 0)
             goto fail;
         if (grow((void **)&l.v, &cap, l.n, sizeof *l.v) != 0) {
-            seterr(err, errlen, "out of memory");
+            text_seterr(err, errlen, "out of memory");
             goto fail;
         }
         l.v[l.n++] = pr;
@@ -197,11 +152,12 @@ static int check_name(const char *item, const char *name, size_t n, char *err, s
     size_t label = 0;
 
     if (n == 0) {
-        seterr(err, errlen, "bad host '%s': empty name", item);
+        text_seterr(err, errlen, "bad host '%s': empty name", item);
         return -1;
     }
     if (n > NAME_MAX_LEN) {
-        seterr(err, errlen, "bad host '%s': name longer than %d characters", item, NAME_MAX_LEN);
+        text_seterr(err, errlen, "bad host '%s': name longer than %d characters", item,
+                    NAME_MAX_LEN);
         return -1;
     }
     for (size_t i = 0; i <= n; i++) {
@@ -209,27 +165,28 @@ static int check_name(const char *item, const char *name, size_t n, char *err, s
 
         if (ch == '.') {
             if (label == 0) {
-                seterr(err, errlen, "bad host '%s': empty label", item);
+                text_seterr(err, errlen, "bad host '%s': empty label", item);
                 return -1;
             }
             if (label > LABEL_MAX_LEN) {
-                seterr(err, errlen, "bad host '%s': label longer than %d characters", item,
-                       LABEL_MAX_LEN);
+                text_seterr(err, errlen, "bad host '%s': label longer than %d characters", item,
+                            LABEL_MAX_LEN);
                 return -1;
             }
             label = 0;
             continue;
         }
         if (ch == '*') {
-            seterr(err, errlen,
-                   "bad host '%s': '*' is only allowed as the whole first label, "
-                   "e.g. *.example.com",
-                   item);
+            text_seterr(err, errlen,
+                        "bad host '%s': '*' is only allowed as the whole first label, "
+                        "e.g. *.example.com",
+                        item);
             return -1;
         }
         if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || is_digit(ch) || ch == '-' ||
               ch == '_')) {
-            seterr(err, errlen, "bad host '%s': character '%c' is not allowed in a name", item, ch);
+            text_seterr(err, errlen, "bad host '%s': character '%c' is not allowed in a name", item,
+                        ch);
             return -1;
         }
         label++;
@@ -260,20 +217,20 @@ static int parse_cidr_item(const char *item, struct cidr *c, char *err, size_t e
 
     if (item[0] == '[') {
         if (n < 3 || item[n - 1] != ']') {
-            seterr(err, errlen, "bad address '%s': expected [IPv6], e.g. [::1]", item);
+            text_seterr(err, errlen, "bad address '%s': expected [IPv6], e.g. [::1]", item);
             return -1;
         }
         memcpy(inner, item + 1, n - 2);
         inner[n - 2] = '\0';
         if (!strchr(inner, ':') || strchr(inner, '/') || cidr_parse(inner, c, why, sizeof why)) {
-            seterr(err, errlen, "bad address '%s': brackets hold one IPv6 address, e.g. [::1]",
-                   item);
+            text_seterr(err, errlen, "bad address '%s': brackets hold one IPv6 address, e.g. [::1]",
+                        item);
             return -1;
         }
         return 0;
     }
     if (cidr_parse(item, c, why, sizeof why) != 0) {
-        seterr(err, errlen, "bad address '%s': %s", item, why);
+        text_seterr(err, errlen, "bad address '%s': %s", item, why);
         return -1;
     }
     return 0;
@@ -302,7 +259,7 @@ static int parse_host_item(const char *item, struct host_pattern *p, char *err, 
         n--; /* "example.com." is the same name */
     if (n > 0 && last_label_numeric(name, n)) {
         if (suffix) {
-            seterr(err, errlen, "bad host '%s': a wildcard cannot cover an IP address", item);
+            text_seterr(err, errlen, "bad host '%s': a wildcard cannot cover an IP address", item);
             return -1;
         }
         p->kind = HOST_PAT_CIDR;
@@ -314,7 +271,7 @@ static int parse_host_item(const char *item, struct host_pattern *p, char *err, 
     p->kind = suffix ? HOST_PAT_SUFFIX : HOST_PAT_EXACT;
     p->name = malloc(n + 2);
     if (!p->name) {
-        seterr(err, errlen, "out of memory");
+        text_seterr(err, errlen, "out of memory");
         return -1;
     }
     {
@@ -335,25 +292,25 @@ int policy_parse_hosts(const char *s, struct host_list *out, char *err, size_t e
     size_t cap = 0;
     int r;
 
-    while ((r = next_item(&s, item, sizeof item)) != 0) {
+    while ((r = text_next_item(&s, item, sizeof item)) != 0) {
         struct host_pattern p;
 
         if (r < 0) {
-            seterr(err, errlen, "bad host '%.40s...': longer than %d characters", item,
-                   NAME_MAX_LEN);
+            text_seterr(err, errlen, "bad host '%.40s...': longer than %d characters", item,
+                        NAME_MAX_LEN);
             goto fail;
         }
         if (item[0] == '\0')
             continue;
         if (inner_space(item)) {
-            seterr(err, errlen, "bad host '%s': separate items with commas", item);
+            text_seterr(err, errlen, "bad host '%s': separate items with commas", item);
             goto fail;
         }
         if (parse_host_item(item, &p, err, errlen) != 0)
             goto fail;
         if (grow((void **)&l.v, &cap, l.n, sizeof *l.v) != 0) {
             free(p.name);
-            seterr(err, errlen, "out of memory");
+            text_seterr(err, errlen, "out of memory");
             goto fail;
         }
         l.v[l.n++] = p;
@@ -385,23 +342,23 @@ int policy_parse_cidrs(const char *s, struct cidr_list *out, char *err, size_t e
     size_t cap = 0;
     int r;
 
-    while ((r = next_item(&s, item, sizeof item)) != 0) {
+    while ((r = text_next_item(&s, item, sizeof item)) != 0) {
         struct cidr c;
 
         if (r < 0) {
-            seterr(err, errlen, "bad address '%.40s...': too long", item);
+            text_seterr(err, errlen, "bad address '%.40s...': too long", item);
             goto fail;
         }
         if (item[0] == '\0')
             continue;
         if (inner_space(item)) {
-            seterr(err, errlen, "bad address '%s': separate items with commas", item);
+            text_seterr(err, errlen, "bad address '%s': separate items with commas", item);
             goto fail;
         }
         if (parse_cidr_item(item, &c, err, errlen) != 0)
             goto fail;
         if (grow((void **)&l.v, &cap, l.n, sizeof *l.v) != 0) {
-            seterr(err, errlen, "out of memory");
+            text_seterr(err, errlen, "out of memory");
             goto fail;
         }
         l.v[l.n++] = c;
