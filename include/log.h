@@ -19,6 +19,9 @@ void log_attach_loop(struct ev_loop *loop);
 /* Open the access log: "stderr", "off" or a file path (appended, created 0640). Returns 0, or -1
  * with a message in err. */
 int log_access_open(const char *spec, char *err, size_t errlen);
+/* Reopen an access-log file by its path (after logrotate moved it; SIGUSR1). Returns 0, or -1
+ * and keeps the old file. */
+int log_access_reopen(void);
 /* True when an access log is open (callers skip building lines otherwise). */
 int log_access_enabled(void);
 /* Write one access-log line; a timestamp and the trailing newline are added. */

@@ -39,6 +39,7 @@ struct sink {
 static struct sink err_sink = {.fd = -1};
 static struct sink acc_sink_store = {.fd = -1};
 static struct sink *acc_sink; /* NULL: access log off; may point at err_sink */
+static char *acc_path;        /* file path when the access log is a file */
 static enum log_level cur_level = LOG_LEVEL_INFO;
 static struct ev_loop *log_loop;
 static const char *level_names[] = {"error", "warn", "info", "debug"};
@@ -213,8 +214,36 @@ int log_access_open(const char *spec, char *err, size_t errlen) {
         snprintf(err, errlen, "access log %s: open: %s", spec, strerror(errno));
         return -1;
     }
+    char *path = strdup(spec);
+    if (!path) {
+        close(fd);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    free(acc_path);
+    acc_path = path;
     sink_setup(&acc_sink_store, fd, true);
     acc_sink = &acc_sink_store;
+    return 0;
+}
+
+int log_access_reopen(void) {
+    if (!acc_path || acc_sink != &acc_sink_store)
+        return 0;
+    int fd =
+        open(acc_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0640);
+    if (fd == -1) {
+        log_error("access log %s: reopen: %s (still writing to the old file)", acc_path,
+                  strerror(errno));
+        return -1;
+    }
+    /* Lines still queued belong to the old file: give them a moment, then switch. */
+    sink_flush_some(&acc_sink_store);
+    if (log_loop && ev_is_active(&acc_sink_store.w))
+        ev_io_stop(log_loop, &acc_sink_store.w);
+    close(acc_sink_store.fd);
+    acc_sink_store.fd = fd;
+    sink_arm(&acc_sink_store);
     return 0;
 }
 
@@ -273,6 +302,8 @@ static void sink_close(struct sink *s) {
 void log_close(void) {
     log_flush(1000);
     sink_close(&acc_sink_store);
+    free(acc_path);
+    acc_path = NULL;
     acc_sink = NULL;
     sink_close(&err_sink);
 }

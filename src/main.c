@@ -94,6 +94,15 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
 
+    /* Hold stop and reload signals until the loop's handlers are in place: a SIGTERM that
+     * arrives once the port is bound must drain, not kill (server_run unblocks them). */
+    sigset_t hold;
+    sigemptyset(&hold);
+    sigaddset(&hold, SIGTERM);
+    sigaddset(&hold, SIGINT);
+    sigaddset(&hold, SIGHUP);
+    sigaddset(&hold, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &hold, NULL);
     unsigned workers = config_workers(&cfg);
     int *fds = calloc((size_t)workers * cfg.nlisten, sizeof *fds);
     if (!fds) {

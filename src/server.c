@@ -69,6 +69,14 @@ static void sweep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     clients_sweep(srv->clients, ev_now(loop));
 }
 
+static void usr1_cb(struct ev_loop *loop, ev_signal *w, int revents) {
+    (void)loop;
+    (void)revents;
+    (void)w;
+    if (log_access_reopen() == 0)
+        log_info("SIGUSR1: access log reopened");
+}
+
 static void hup_cb(struct ev_loop *loop, ev_signal *w, int revents) {
     (void)loop;
     (void)revents;
@@ -144,14 +152,23 @@ int server_run(const struct config *cfg, const int *listen_fds, unsigned max_con
         return 1;
     }
 
-    ev_signal sigterm, sigint, sighup;
+    ev_signal sigterm, sigint, sighup, sigusr1;
     ev_signal_init(&sigterm, stop_cb, SIGTERM);
     ev_signal_init(&sigint, stop_cb, SIGINT);
     ev_signal_init(&sighup, hup_cb, SIGHUP);
+    ev_signal_init(&sigusr1, usr1_cb, SIGUSR1);
     sigterm.data = sigint.data = &srv;
     ev_signal_start(srv.loop, &sigterm);
     ev_signal_start(srv.loop, &sigint);
     ev_signal_start(srv.loop, &sighup);
+    ev_signal_start(srv.loop, &sigusr1);
+    sigset_t held;
+    sigemptyset(&held);
+    sigaddset(&held, SIGTERM);
+    sigaddset(&held, SIGINT);
+    sigaddset(&held, SIGHUP);
+    sigaddset(&held, SIGUSR1);
+    sigprocmask(SIG_UNBLOCK, &held, NULL); /* main held them until now */
     log_info("ready (max_connections %u)", srv.max_active);
 
     ev_run(srv.loop, 0);
@@ -167,6 +184,7 @@ int server_run(const struct config *cfg, const int *listen_fds, unsigned max_con
     ev_signal_stop(srv.loop, &sigterm);
     ev_signal_stop(srv.loop, &sigint);
     ev_signal_stop(srv.loop, &sighup);
+    ev_signal_stop(srv.loop, &sigusr1);
     ev_loop_destroy(srv.loop);
     return 0;
 }
