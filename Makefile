@@ -3,6 +3,7 @@
 #   make run        install missing packages, build, run on conf/proxy.ini in the foreground
 #   make check      install missing packages, build, run unit + integration tests + format check
 #   make asan       the same tests against an ASan+UBSan build
+#   make bench      side-by-side benchmark with tinyproxy and squid (BENCHMARKS.md)
 #   make install    PREFIX=/usr/local DESTDIR=
 
 PREFIX  ?= /usr/local
@@ -33,7 +34,7 @@ PURE_OBJ := $(PURE_SRC:%.c=$(BUILD)/%.o)
 IO_OBJ   := $(IO_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps deps-test run check unit integration format format-check lint asan install clean
+.PHONY: all deps deps-test run check unit integration format format-check lint asan bench install clean
 .DEFAULT_GOAL := all
 
 all: $(BIN)
@@ -93,6 +94,10 @@ asan: deps-test
 	$(MAKE) BUILD=build/asan BIN=build/asan/connectd \
 	    OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 	    HARDEN="-fPIE" unit integration
+
+# Side-by-side benchmark against tinyproxy and squid (BENCHMARKS.md); not part of `make check`.
+bench:
+	bench/run
 
 install: $(BIN)
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/connectd

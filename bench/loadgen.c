@@ -1,0 +1,1101 @@
+/* loadgen: the client side of the connectd benchmark.
+ *
+ *   loadgen MODE [options]
+ *
+ * Modes (every one ends by itself: each phase has a time bound, and counts are bounded):
+ *   throughput --tunnels N --dir up|down [--seconds S]
+ *       N tunnels push bytes client->server (up; target in sink mode) or server->client (down;
+ *       target in source mode). MB/s (1 MB = 10^6 bytes) over the steady window: the window
+ *       starts after every tunnel is up and --warmup seconds have passed. In "up" the count is
+ *       bytes accepted by send() in the window: with full socket buffers at both ends of the
+ *       window that equals bytes delivered. In "down" it is bytes received.
+ *   handshakes --concurrency C [--seconds S]
+ *       C connections at a time, each: connect, CONNECT, read the 200, send 64 bytes, read the
+ *       64 bytes echoed (target in echo mode), close; handshakes/s over the window. Also the
+ *       p50/p99 of connect()->200 under that load.
+ *   latency --concurrency 1 --count N
+ *       Time from starting connect() to having the whole 200 reply (with --direct: to TCP
+ *       connect completion); p50/p90/p99/max in ms. The first --warmup-count (default
+ *       min(N/10, 100)) are not recorded. A higher --concurrency runs the handshake cycle for
+ *       exactly N handshakes (what bench.py's strace profile uses).
+ *   idle --tunnels N [--pid PROXYPID] [--hold S] [--open-concurrency K] [--open-timeout S]
+ *       Open N tunnels, K handshakes in flight at most (default 128), each with the 200
+ *       received and one 64-byte echo round trip done; sample the proxy's VmRSS and fd count
+ *       before and 1 s after the last one is up, hold --hold seconds (default 3) and measure
+ *       the proxy's CPU time meanwhile; KiB and fds per tunnel.
+ *
+ * Common options:
+ *   --proxy HOST:PORT   proxy to CONNECT through (default 127.0.0.1:3128)
+ *   --target HOST:PORT  destination in the CONNECT line, or the address dialled with --direct
+ *   --direct            no proxy: connect straight to the target
+ *   --pid PID           the proxy's pid: CPU seconds per GB (throughput), per handshake,
+ *                       RSS/fds/CPU (idle); its child processes are summed with it
+ *   --threads T         worker threads, each with its own epoll (default 1)
+ *   --warmup S          seconds before the measured window (default 1)
+ *   --chunk BYTES       bytes per send/recv call in throughput mode (default 262144)
+ *   --timeout S         hard bound on the whole run (default: derived from the phases)
+ *   --label TEXT        copied into the JSON line
+ *
+ * Output: one JSON line on stdout (machine-readable), then one human line on stderr.
+ * Only loopback addresses (127.0.0.0/8, ::1) are accepted for --proxy and --target. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PING_LEN    64
+#define HDR_CAP     2048
+#define MAX_THREADS 16
+#define MAX_SAMPLES (4 * 1024 * 1024)
+#define MAX_STARTS  20000000L /* connections one worker starts in a run, at most */
+
+enum mode { M_THROUGHPUT = 1, M_HANDSHAKES, M_LATENCY, M_IDLE };
+enum state { S_CONNECTING = 1, S_READ_REPLY, S_READ_ECHO, S_STREAM, S_IDLE };
+
+struct opts {
+    enum mode mode;
+    struct sockaddr_storage proxy, target;
+    socklen_t proxy_len, target_len;
+    char target_str[128];
+    bool direct;
+    bool up; /* throughput direction */
+    int tunnels, concurrency, threads, open_concurrency;
+    long count, warmup_count;
+    double seconds, warmup, hold, timeout, open_timeout;
+    size_t chunk;
+    long pid;
+    const char *label;
+};
+
+struct conn {
+    int fd;
+    enum state st;
+    uint32_t events;
+    double t0;
+    size_t hlen, got;
+    char hdr[HDR_CAP];
+};
+
+struct worker {
+    int id;
+    int ep;
+    pthread_t th;
+    int want;      /* throughput/idle: tunnels this worker opens; handshakes/latency: concurrency */
+    long quota;    /* latency: handshakes to do (recorded + warm-up) */
+    int active;    /* open connections */
+    int opening;   /* connections not yet established (idle: capped) */
+    long started;  /* connections started */
+    long finished; /* latency: handshakes done (recorded or not) */
+    /* Written by the worker, read by the main thread. */
+    _Atomic uint64_t bytes;
+    _Atomic uint64_t done;        /* completed handshakes */
+    _Atomic uint64_t established; /* tunnels up */
+    _Atomic uint64_t errors;      /* failed connects, bad replies, resets, short echoes */
+    _Atomic uint64_t lost;        /* established tunnels that died (throughput/idle) */
+    _Atomic uint64_t failed_open; /* throughput/idle tunnels that never came up */
+    _Atomic int record;           /* handshakes: record latency samples now */
+    long fail_streak;             /* failures since the last success */
+    double next_try;              /* after a long failure streak: no new connection before */
+    double *samples;
+    long nsamples, cap;
+    char err[160];
+};
+
+static struct opts O;
+static _Atomic int g_stop;
+static double g_hard_deadline;
+static unsigned char *g_chunk;
+static char g_request[512];
+static size_t g_request_len;
+static const unsigned char g_ping[PING_LEN] = "0123456789abcdef0123456789abcdef"
+                                              "0123456789abcdef0123456789abcde";
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_until(double t) {
+    for (;;) {
+        double left = t - now_s();
+        if (left <= 0 || atomic_load(&g_stop))
+            return;
+        if (left > 0.05)
+            left = 0.05;
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(left * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void inc(_Atomic uint64_t *c, uint64_t n) {
+    /* One writer per counter: a relaxed load+store is enough and costs no locked op. */
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static void set_err(struct worker *w, const char *what, int err) {
+    if (w->err[0] == '\0' && err)
+        snprintf(w->err, sizeof w->err, "%s: %s", what, strerror(err));
+    else if (w->err[0] == '\0')
+        snprintf(w->err, sizeof w->err, "%s", what);
+}
+
+/* ---- /proc sampling of the proxy ----
+ * --pid names the proxy's main process; its descendants (a master's workers, say) are summed
+ * with it: RSS, fds and CPU time of the whole tree as it stands at the moment of sampling. */
+
+#define MAX_TREE 256
+
+/* The process and its descendants, breadth first, from /proc/PID/task/TID/children. */
+static int proc_tree(long pid, long *out, int max) {
+    int n = 0;
+    out[n++] = pid;
+    for (int i = 0; i < n && n < max; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%ld/task", out[i]);
+        DIR *d = opendir(path);
+        if (!d)
+            continue;
+        struct dirent *e;
+        while ((e = readdir(d)) && n < max) {
+            if (e->d_name[0] == '.')
+                continue;
+            char cpath[300];
+            snprintf(cpath, sizeof cpath, "/proc/%ld/task/%s/children", out[i], e->d_name);
+            FILE *f = fopen(cpath, "r");
+            if (!f)
+                continue;
+            long c;
+            while (n < max && fscanf(f, "%ld", &c) == 1)
+                out[n++] = c;
+            fclose(f);
+        }
+        closedir(d);
+    }
+    return n;
+}
+
+static long proc_rss_kib1(long pid) {
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%ld/status", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long kib = -1;
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "VmRSS:", 6) == 0) {
+            kib = strtol(line + 6, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return kib;
+}
+
+static long proc_fds1(long pid) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/fd", pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -1;
+    long n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (e->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n;
+}
+
+/* utime + stime of the whole process (all threads), in seconds; -1 when unreadable. */
+static double proc_cpu_s1(long pid) {
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* comm may contain spaces */
+    if (!p)
+        return -1;
+    /* After ")": field 3 (state) ... utime is field 14, stime field 15. */
+    unsigned long long ut = 0, st = 0;
+    int field = 2;
+    for (char *tok = p + 1; *tok;) {
+        while (*tok == ' ')
+            tok++;
+        field++;
+        if (field == 14)
+            ut = strtoull(tok, NULL, 10);
+        if (field == 15) {
+            st = strtoull(tok, NULL, 10);
+            break;
+        }
+        while (*tok && *tok != ' ')
+            tok++;
+    }
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static long proc_rss_kib(long pid) {
+    long t[MAX_TREE], sum = 0;
+    int n = proc_tree(pid, t, MAX_TREE);
+    for (int i = 0; i < n; i++) {
+        long v = proc_rss_kib1(t[i]);
+        if (v < 0 && i == 0)
+            return -1;
+        sum += v > 0 ? v : 0;
+    }
+    return sum;
+}
+
+static long proc_fds(long pid) {
+    long t[MAX_TREE], sum = 0;
+    int n = proc_tree(pid, t, MAX_TREE);
+    for (int i = 0; i < n; i++) {
+        long v = proc_fds1(t[i]);
+        if (v < 0 && i == 0)
+            return -1;
+        sum += v > 0 ? v : 0;
+    }
+    return sum;
+}
+
+static double proc_cpu_s(long pid) {
+    long t[MAX_TREE];
+    double sum = 0;
+    int n = proc_tree(pid, t, MAX_TREE);
+    for (int i = 0; i < n; i++) {
+        double v = proc_cpu_s1(t[i]);
+        if (v < 0 && i == 0)
+            return -1;
+        sum += v > 0 ? v : 0;
+    }
+    return sum;
+}
+
+/* ---- connections ---- */
+
+static void conn_free(struct worker *w, struct conn *c) {
+    close(c->fd); /* also removes it from the epoll set */
+    free(c);
+    w->active--;
+}
+
+static void add_sample(struct worker *w, double ms) {
+    if (w->nsamples == w->cap) {
+        if (w->cap >= MAX_SAMPLES)
+            return;
+        long ncap = w->cap ? w->cap * 2 : 4096;
+        double *p = realloc(w->samples, (size_t)ncap * sizeof *p);
+        if (!p)
+            return;
+        w->samples = p;
+        w->cap = ncap;
+    }
+    w->samples[w->nsamples++] = ms;
+}
+
+static int set_events(struct worker *w, struct conn *c, uint32_t ev) {
+    if (c->events == ev)
+        return 0;
+    struct epoll_event e = {.events = ev, .data.ptr = c};
+    if (epoll_ctl(w->ep, EPOLL_CTL_MOD, c->fd, &e) == -1)
+        return -1;
+    c->events = ev;
+    return 0;
+}
+
+static bool is_tunnel_mode(void) {
+    return O.mode == M_THROUGHPUT || O.mode == M_IDLE;
+}
+
+/* A connection failed. Tunnels that were up count as lost; others as failed opens. */
+static void conn_fail(struct worker *w, struct conn *c, const char *what, int err) {
+    set_err(w, what, err);
+    inc(&w->errors, 1);
+    w->fail_streak++;
+    if (is_tunnel_mode()) {
+        if (c->st == S_STREAM || c->st == S_IDLE)
+            inc(&w->lost, 1);
+        else {
+            inc(&w->failed_open, 1);
+            w->opening--;
+        }
+    }
+    conn_free(w, c);
+}
+
+static void handshake_done(struct worker *w, struct conn *c) {
+    double ms = (now_s() - c->t0) * 1e3;
+    if (O.mode == M_LATENCY) {
+        if (w->finished >= O.warmup_count / O.threads)
+            add_sample(w, ms);
+    } else if (O.mode == M_HANDSHAKES && atomic_load_explicit(&w->record, memory_order_relaxed)) {
+        add_sample(w, ms);
+    }
+}
+
+static int send_all_small(struct worker *w, struct conn *c, const void *p, size_t n) {
+    /* Requests and pings are small: one send fits in an empty socket buffer. */
+    ssize_t k = send(c->fd, p, n, MSG_NOSIGNAL);
+    if (k == (ssize_t)n)
+        return 0;
+    conn_fail(w, c, "send", k == -1 ? errno : 0);
+    return -1;
+}
+
+/* The TCP connection is up (to the proxy, or to the target with --direct). */
+static void on_connected(struct worker *w, struct conn *c) {
+    if (O.direct) {
+        handshake_done(w, c);
+        if (O.mode == M_THROUGHPUT) {
+            c->st = S_STREAM;
+            w->opening--;
+            inc(&w->established, 1);
+            if (set_events(w, c, O.up ? EPOLLOUT : EPOLLIN) == -1)
+                conn_fail(w, c, "epoll_ctl", errno);
+            return;
+        }
+        if (send_all_small(w, c, g_ping, PING_LEN) == -1)
+            return;
+        c->st = S_READ_ECHO;
+        c->got = 0;
+        if (set_events(w, c, EPOLLIN) == -1)
+            conn_fail(w, c, "epoll_ctl", errno);
+        return;
+    }
+    if (send_all_small(w, c, g_request, g_request_len) == -1)
+        return;
+    c->st = S_READ_REPLY;
+    c->hlen = 0;
+    if (set_events(w, c, EPOLLIN) == -1)
+        conn_fail(w, c, "epoll_ctl", errno);
+}
+
+/* Start one connection. Returns -1 when it failed at once (the caller stops starting more
+ * until the next loop turn, so a refused or exhausted port cannot spin the loop). */
+static int start_conn(struct worker *w) {
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        set_err(w, "calloc", ENOMEM);
+        inc(&w->errors, 1);
+        return -1;
+    }
+    const struct sockaddr_storage *dst = O.direct ? &O.target : &O.proxy;
+    socklen_t dlen = O.direct ? O.target_len : O.proxy_len;
+    c->fd = socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    w->started++;
+    w->active++;
+    w->opening++;
+    if (c->fd == -1) {
+        set_err(w, "socket", errno);
+        inc(&w->errors, 1);
+        if (is_tunnel_mode())
+            inc(&w->failed_open, 1);
+        w->opening--;
+        w->active--;
+        free(c);
+        return -1;
+    }
+    int one = 1;
+    (void)setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->st = S_CONNECTING;
+    c->t0 = now_s();
+    int r = connect(c->fd, (const struct sockaddr *)dst, dlen);
+    if (r == -1 && errno != EINPROGRESS) {
+        conn_fail(w, c, "connect", errno);
+        return -1;
+    }
+    c->events = r == 0 ? EPOLLIN : EPOLLOUT;
+    struct epoll_event e = {.events = c->events, .data.ptr = c};
+    if (epoll_ctl(w->ep, EPOLL_CTL_ADD, c->fd, &e) == -1) {
+        conn_fail(w, c, "epoll_ctl", errno);
+        return -1;
+    }
+    if (r == 0) {
+        if (!is_tunnel_mode())
+            w->opening--;
+        on_connected(w, c);
+    }
+    return 0;
+}
+
+/* Handshake/latency: the echo came back; close and count. */
+static void echo_complete(struct worker *w, struct conn *c) {
+    if (is_tunnel_mode()) { /* idle: the tunnel is proven; hold it */
+        c->st = S_IDLE;
+        w->opening--;
+        inc(&w->established, 1);
+        return;
+    }
+    inc(&w->done, 1);
+    w->finished++;
+    w->fail_streak = 0;
+    conn_free(w, c);
+}
+
+static void on_read_echo(struct worker *w, struct conn *c) {
+    unsigned char buf[PING_LEN];
+    ssize_t n = recv(c->fd, buf, PING_LEN - c->got, 0);
+    if (n > 0) {
+        if (memcmp(buf, g_ping + c->got, (size_t)n) != 0) {
+            conn_fail(w, c, "echo mismatch", 0);
+            return;
+        }
+        c->got += (size_t)n;
+        if (c->got == PING_LEN)
+            echo_complete(w, c);
+        return;
+    }
+    if (n == -1 && (errno == EAGAIN || errno == EINTR))
+        return;
+    conn_fail(w, c, n == 0 ? "eof before echo" : "recv echo", n == 0 ? 0 : errno);
+}
+
+static void on_read_reply(struct worker *w, struct conn *c) {
+    ssize_t n = recv(c->fd, c->hdr + c->hlen, HDR_CAP - 1 - c->hlen, 0);
+    if (n <= 0) {
+        if (n == -1 && (errno == EAGAIN || errno == EINTR))
+            return;
+        conn_fail(w, c, n == 0 ? "eof before 200" : "recv reply", n == 0 ? 0 : errno);
+        return;
+    }
+    c->hlen += (size_t)n;
+    c->hdr[c->hlen] = '\0';
+    char *end = strstr(c->hdr, "\r\n\r\n");
+    if (!end) {
+        if (c->hlen == HDR_CAP - 1)
+            conn_fail(w, c, "reply too long", 0);
+        return;
+    }
+    if (strncmp(c->hdr, "HTTP/1.", 7) != 0 || strncmp(c->hdr + 8, " 200", 4) != 0) {
+        char line[80];
+        snprintf(line, sizeof line, "proxy replied %.40s", c->hdr);
+        char *nl = strchr(line, '\r');
+        if (nl)
+            *nl = '\0';
+        conn_fail(w, c, line, 0);
+        return;
+    }
+    size_t extra = c->hlen - (size_t)(end + 4 - c->hdr);
+    handshake_done(w, c);
+    if (O.mode == M_THROUGHPUT) {
+        c->st = S_STREAM;
+        w->opening--;
+        inc(&w->established, 1);
+        if (!O.up)
+            inc(&w->bytes, extra);
+        if (set_events(w, c, O.up ? EPOLLOUT : EPOLLIN) == -1)
+            conn_fail(w, c, "epoll_ctl", errno);
+        return;
+    }
+    if (extra > 0) {
+        conn_fail(w, c, "bytes before the echo", 0);
+        return;
+    }
+    if (send_all_small(w, c, g_ping, PING_LEN) == -1)
+        return;
+    c->st = S_READ_ECHO;
+    c->got = 0;
+}
+
+static void on_stream(struct worker *w, struct conn *c, uint32_t ev) {
+    if (O.up) {
+        if (ev & (EPOLLERR | EPOLLHUP)) {
+            int err = 0;
+            socklen_t l = sizeof err;
+            getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+            conn_fail(w, c, "tunnel closed", err);
+            return;
+        }
+        for (int i = 0; i < 8; i++) {
+            ssize_t n = send(c->fd, g_chunk, O.chunk, MSG_NOSIGNAL);
+            if (n > 0) {
+                inc(&w->bytes, (uint64_t)n);
+                if ((size_t)n < O.chunk)
+                    return; /* socket buffer full */
+                continue;
+            }
+            if (n == -1 && (errno == EAGAIN || errno == EINTR))
+                return;
+            conn_fail(w, c, "send stream", errno);
+            return;
+        }
+        return;
+    }
+    for (int i = 0; i < 8; i++) {
+        ssize_t n = recv(c->fd, g_chunk, O.chunk, 0);
+        if (n > 0) {
+            inc(&w->bytes, (uint64_t)n);
+            if ((size_t)n < O.chunk)
+                return; /* drained */
+            continue;
+        }
+        if (n == -1 && (errno == EAGAIN || errno == EINTR))
+            return;
+        conn_fail(w, c, n == 0 ? "tunnel closed" : "recv stream", n == 0 ? 0 : errno);
+        return;
+    }
+}
+
+static void on_event(struct worker *w, struct conn *c, uint32_t ev) {
+    switch (c->st) {
+    case S_CONNECTING: {
+        int err = 0;
+        socklen_t l = sizeof err;
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l) == -1)
+            err = errno;
+        if (err) {
+            conn_fail(w, c, "connect", err);
+            return;
+        }
+        if (!is_tunnel_mode())
+            w->opening--;
+        on_connected(w, c);
+        return;
+    }
+    case S_READ_REPLY:
+        on_read_reply(w, c);
+        return;
+    case S_READ_ECHO:
+        on_read_echo(w, c);
+        return;
+    case S_STREAM:
+        on_stream(w, c, ev);
+        return;
+    case S_IDLE: {
+        /* Nothing should arrive on an idle tunnel: any event is data or a close. */
+        char b[256];
+        ssize_t n = recv(c->fd, b, sizeof b, 0);
+        if (n == -1 && (errno == EAGAIN || errno == EINTR))
+            return;
+        conn_fail(w, c, n == 0 ? "idle tunnel closed" : "idle tunnel got data",
+                  n == -1 ? errno : 0);
+        return;
+    }
+    }
+}
+
+/* Start connections up to this worker's target for the mode. */
+static void top_up(struct worker *w) {
+    if (atomic_load_explicit(&g_stop, memory_order_relaxed))
+        return;
+    if (w->started >= MAX_STARTS)
+        return; /* a bound on count as well as on time */
+    if (w->fail_streak > 100) {
+        /* Nothing but failures (refused, 5xx): retry at most 100 times a second, not in a
+         * tight loop, until the run's time is up. */
+        double now = now_s();
+        if (now < w->next_try || w->active > 0)
+            return;
+        w->next_try = now + 0.01;
+        start_conn(w);
+        return;
+    }
+    switch (O.mode) {
+    case M_THROUGHPUT:
+        while (w->started < w->want)
+            if (start_conn(w) == -1)
+                break;
+        break;
+    case M_IDLE:
+        while (w->started < w->want && w->opening < O.open_concurrency)
+            if (start_conn(w) == -1)
+                break;
+        break;
+    case M_HANDSHAKES:
+        while (w->active < w->want && w->started < MAX_STARTS)
+            if (start_conn(w) == -1)
+                break;
+        break;
+    case M_LATENCY:
+        while (w->active < w->want && w->started < w->quota)
+            if (start_conn(w) == -1)
+                break;
+        break;
+    }
+}
+
+static void *worker_main(void *arg) {
+    struct worker *w = arg;
+    struct epoll_event evs[512];
+    top_up(w);
+    while (!atomic_load_explicit(&g_stop, memory_order_relaxed)) {
+        if (now_s() > g_hard_deadline)
+            break;
+        if (O.mode == M_LATENCY && w->started >= w->quota && w->active == 0)
+            break;
+        int n = epoll_wait(w->ep, evs, 512, 50);
+        if (n == -1 && errno != EINTR) {
+            set_err(w, "epoll_wait", errno);
+            break;
+        }
+        for (int i = 0; i < n; i++)
+            on_event(w, evs[i].data.ptr, evs[i].events);
+        top_up(w);
+    }
+    return NULL;
+}
+
+/* ---- argument parsing ---- */
+
+static int parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len) {
+    char host[128];
+    const char *colon = strrchr(s, ':');
+    if (!colon)
+        return -1;
+    size_t hl = (size_t)(colon - s);
+    if (hl == 0 || hl >= sizeof host)
+        return -1;
+    memcpy(host, s, hl);
+    host[hl] = '\0';
+    char *h = host;
+    if (h[0] == '[' && h[hl - 1] == ']') {
+        h[hl - 1] = '\0';
+        h++;
+    }
+    long port = strtol(colon + 1, NULL, 10);
+    if (port < 1 || port > 65535)
+        return -1;
+    memset(ss, 0, sizeof *ss);
+    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, h, &a4->sin_addr) == 1) {
+        if ((ntohl(a4->sin_addr.s_addr) >> 24) != 127)
+            return -2; /* loopback only */
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        *len = sizeof *a4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, h, &a6->sin6_addr) == 1) {
+        if (!IN6_IS_ADDR_LOOPBACK(&a6->sin6_addr))
+            return -2;
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *a6;
+        return 0;
+    }
+    return -1;
+}
+
+static int usage(const char *why) {
+    if (why)
+        fprintf(stderr, "loadgen: %s\n", why);
+    fprintf(stderr,
+            "usage: loadgen throughput --tunnels N --dir up|down [--seconds S]\n"
+            "       loadgen handshakes --concurrency C [--seconds S]\n"
+            "       loadgen latency [--concurrency 1] --count N [--warmup-count W]\n"
+            "       loadgen idle --tunnels N [--pid PID] [--hold S]\n"
+            "  common: --proxy HOST:PORT --target HOST:PORT [--direct] [--pid PID]\n"
+            "          [--threads T] [--warmup S] [--chunk BYTES] [--timeout S] [--label TEXT]\n"
+            "  loopback addresses only (127.0.0.0/8, ::1)\n");
+    return 2;
+}
+
+static int parse_args(int argc, char **argv) {
+    if (argc < 2)
+        return usage(NULL);
+    if (strcmp(argv[1], "throughput") == 0)
+        O.mode = M_THROUGHPUT;
+    else if (strcmp(argv[1], "handshakes") == 0)
+        O.mode = M_HANDSHAKES;
+    else if (strcmp(argv[1], "latency") == 0)
+        O.mode = M_LATENCY;
+    else if (strcmp(argv[1], "idle") == 0)
+        O.mode = M_IDLE;
+    else
+        return usage("unknown mode");
+    const char *proxy = "127.0.0.1:3128", *target = NULL, *dir = NULL;
+    O.tunnels = 1;
+    O.concurrency = 1;
+    O.threads = 1;
+    O.open_concurrency = 128;
+    O.count = 1000;
+    O.warmup_count = -1;
+    O.seconds = 5;
+    O.warmup = 1;
+    O.hold = 3;
+    O.open_timeout = 60;
+    O.chunk = 256 * 1024;
+    O.label = "";
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--direct") == 0) {
+            O.direct = true;
+            continue;
+        }
+        if (!v)
+            return usage("option needs a value");
+        i++;
+        if (strcmp(a, "--proxy") == 0)
+            proxy = v;
+        else if (strcmp(a, "--target") == 0)
+            target = v;
+        else if (strcmp(a, "--tunnels") == 0)
+            O.tunnels = (int)strtol(v, NULL, 10);
+        else if (strcmp(a, "--dir") == 0)
+            dir = v;
+        else if (strcmp(a, "--seconds") == 0)
+            O.seconds = strtod(v, NULL);
+        else if (strcmp(a, "--warmup") == 0)
+            O.warmup = strtod(v, NULL);
+        else if (strcmp(a, "--concurrency") == 0)
+            O.concurrency = (int)strtol(v, NULL, 10);
+        else if (strcmp(a, "--count") == 0)
+            O.count = strtol(v, NULL, 10);
+        else if (strcmp(a, "--warmup-count") == 0)
+            O.warmup_count = strtol(v, NULL, 10);
+        else if (strcmp(a, "--pid") == 0)
+            O.pid = strtol(v, NULL, 10);
+        else if (strcmp(a, "--threads") == 0)
+            O.threads = (int)strtol(v, NULL, 10);
+        else if (strcmp(a, "--hold") == 0)
+            O.hold = strtod(v, NULL);
+        else if (strcmp(a, "--open-concurrency") == 0)
+            O.open_concurrency = (int)strtol(v, NULL, 10);
+        else if (strcmp(a, "--open-timeout") == 0)
+            O.open_timeout = strtod(v, NULL);
+        else if (strcmp(a, "--chunk") == 0)
+            O.chunk = (size_t)strtoul(v, NULL, 10);
+        else if (strcmp(a, "--timeout") == 0)
+            O.timeout = strtod(v, NULL);
+        else if (strcmp(a, "--label") == 0)
+            O.label = v;
+        else
+            return usage("unknown option");
+    }
+    if (!target)
+        return usage("--target is required");
+    int r = parse_addr(target, &O.target, &O.target_len);
+    if (r == 0 && !O.direct)
+        r = parse_addr(proxy, &O.proxy, &O.proxy_len);
+    if (r == -2)
+        return usage("only loopback addresses are allowed");
+    if (r != 0)
+        return usage("bad HOST:PORT");
+    snprintf(O.target_str, sizeof O.target_str, "%s", target);
+    if (O.mode == M_THROUGHPUT) {
+        if (!dir || (strcmp(dir, "up") != 0 && strcmp(dir, "down") != 0))
+            return usage("--dir up|down is required");
+        O.up = strcmp(dir, "up") == 0;
+    }
+    if (O.threads < 1 || O.threads > MAX_THREADS || O.tunnels < 1 || O.tunnels > 100000 ||
+        O.concurrency < 1 || O.concurrency > 100000 || O.count < 1 || O.count > 10000000 ||
+        O.seconds <= 0 || O.seconds > 3600 || O.warmup < 0 || O.warmup > 600 || O.hold < 0 ||
+        O.hold > 600 || O.chunk < 1024 || O.chunk > 16 * 1024 * 1024 || O.open_concurrency < 1 ||
+        O.open_timeout <= 0 || O.open_timeout > 600 || O.timeout < 0 || O.timeout > 7200)
+        return usage("value out of range");
+    if (O.warmup_count < 0)
+        O.warmup_count = O.count / 10 < 100 ? O.count / 10 : 100;
+    if (O.timeout == 0) {
+        switch (O.mode) {
+        case M_THROUGHPUT:
+            O.timeout = 15 + O.warmup + O.seconds;
+            break;
+        case M_HANDSHAKES:
+            O.timeout = 10 + O.warmup + O.seconds;
+            break;
+        case M_LATENCY:
+            O.timeout = 60;
+            break;
+        case M_IDLE:
+            O.timeout = O.open_timeout + O.hold + 15;
+            break;
+        }
+    }
+    return 0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(const double *v, long n, double p) {
+    if (n == 0)
+        return -1;
+    long i = (long)(p / 100.0 * (double)(n - 1) + 0.5);
+    return v[i < n ? i : n - 1];
+}
+
+static void raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static uint64_t sum(struct worker *ws, size_t off) {
+    uint64_t s = 0;
+    for (int i = 0; i < O.threads; i++)
+        s += atomic_load((_Atomic uint64_t *)((char *)&ws[i] + off));
+    return s;
+}
+#define SUM(field) sum(ws, offsetof(struct worker, field))
+
+static void json_str(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            printf("\\%c", *s);
+        else if ((unsigned char)*s < 0x20)
+            printf("\\u%04x", *s);
+        else
+            putchar(*s);
+    }
+    putchar('"');
+}
+
+static void print_common(const char *mode, struct worker *ws) {
+    printf("{\"mode\":\"%s\",\"via\":\"%s\",\"label\":", mode, O.direct ? "direct" : "proxy");
+    json_str(O.label);
+    const char *err = "";
+    for (int i = 0; i < O.threads; i++)
+        if (ws[i].err[0]) {
+            err = ws[i].err;
+            break;
+        }
+    printf(",\"threads\":%d,\"errors\":%llu,\"first_error\":", O.threads,
+           (unsigned long long)SUM(errors));
+    json_str(err);
+}
+
+static void on_signal(int sig) {
+    (void)sig;
+    atomic_store(&g_stop, 1);
+}
+
+int main(int argc, char **argv) {
+    int r = parse_args(argc, argv);
+    if (r)
+        return r;
+    raise_nofile();
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    g_chunk = malloc(O.chunk);
+    if (!g_chunk)
+        return 1;
+    memset(g_chunk, 'u', O.chunk);
+    g_request_len =
+        (size_t)snprintf(g_request, sizeof g_request, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n",
+                         O.target_str, O.target_str);
+
+    struct worker *ws = calloc((size_t)O.threads, sizeof *ws);
+    if (!ws)
+        return 1;
+    int per_total = O.mode == M_THROUGHPUT || O.mode == M_IDLE ? O.tunnels : O.concurrency;
+    for (int i = 0; i < O.threads; i++) {
+        ws[i].id = i;
+        ws[i].want = per_total / O.threads + (i < per_total % O.threads);
+        ws[i].quota =
+            (O.count + O.warmup_count) / O.threads + (i < (O.count + O.warmup_count) % O.threads);
+        ws[i].ep = epoll_create1(EPOLL_CLOEXEC);
+        if (ws[i].ep == -1) {
+            perror("loadgen: epoll_create1");
+            return 1;
+        }
+    }
+
+    double t_start = now_s();
+    g_hard_deadline = t_start + O.timeout;
+    long rss0 = -1, fds0 = -1;
+    if (O.pid > 0) {
+        rss0 = proc_rss_kib(O.pid);
+        fds0 = proc_fds(O.pid);
+    }
+    for (int i = 0; i < O.threads; i++) {
+        if (pthread_create(&ws[i].th, NULL, worker_main, &ws[i]) != 0) {
+            fprintf(stderr, "loadgen: pthread_create failed\n");
+            atomic_store(&g_stop, 1);
+            O.threads = i;
+            break;
+        }
+    }
+
+    double wall = 0;
+    uint64_t b0 = 0, b1 = 0, d0 = 0, d1 = 0;
+    double c0 = -1, c1 = -1;
+    long rss1 = -1, fds1 = -1, rss2 = -1;
+    double open_s = 0;
+    if (O.mode == M_THROUGHPUT || O.mode == M_IDLE) {
+        /* Wait until every tunnel is up or has failed, within the open timeout. */
+        double lim = t_start + O.open_timeout;
+        while (now_s() < lim && !atomic_load(&g_stop) &&
+               SUM(established) + SUM(failed_open) < (uint64_t)O.tunnels)
+            sleep_until(now_s() + 0.01);
+        open_s = now_s() - t_start;
+    }
+    if (O.mode == M_THROUGHPUT || O.mode == M_HANDSHAKES) {
+        sleep_until(now_s() + O.warmup);
+        double t0 = now_s();
+        b0 = SUM(bytes);
+        d0 = SUM(done);
+        if (O.pid > 0)
+            c0 = proc_cpu_s(O.pid);
+        for (int i = 0; i < O.threads; i++)
+            atomic_store(&ws[i].record, 1);
+        sleep_until(t0 + O.seconds);
+        for (int i = 0; i < O.threads; i++)
+            atomic_store(&ws[i].record, 0);
+        b1 = SUM(bytes);
+        d1 = SUM(done);
+        if (O.pid > 0)
+            c1 = proc_cpu_s(O.pid);
+        wall = now_s() - t0;
+        atomic_store(&g_stop, 1);
+    } else if (O.mode == M_IDLE) {
+        sleep_until(now_s() + 1.0); /* let the proxy settle after the last open */
+        if (O.pid > 0) {
+            rss1 = proc_rss_kib(O.pid);
+            fds1 = proc_fds(O.pid);
+            c0 = proc_cpu_s(O.pid);
+        }
+        double t0 = now_s();
+        sleep_until(t0 + O.hold);
+        wall = now_s() - t0;
+        if (O.pid > 0) {
+            c1 = proc_cpu_s(O.pid);
+            rss2 = proc_rss_kib(O.pid);
+        }
+        atomic_store(&g_stop, 1);
+    }
+    for (int i = 0; i < O.threads; i++)
+        pthread_join(ws[i].th, NULL);
+    bool timed_out = now_s() > g_hard_deadline;
+
+    /* Merge latency samples. */
+    long ns = 0;
+    for (int i = 0; i < O.threads; i++)
+        ns += ws[i].nsamples;
+    double *all = malloc((size_t)(ns ? ns : 1) * sizeof *all);
+    if (!all)
+        return 1;
+    long k = 0;
+    for (int i = 0; i < O.threads; i++) {
+        memcpy(all + k, ws[i].samples, (size_t)ws[i].nsamples * sizeof *all);
+        k += ws[i].nsamples;
+    }
+    qsort(all, (size_t)ns, sizeof *all, cmp_double);
+
+    int rc = 0;
+    uint64_t errors = SUM(errors);
+    switch (O.mode) {
+    case M_THROUGHPUT: {
+        uint64_t bytes = b1 - b0;
+        double mbps = (double)bytes / 1e6 / wall;
+        double cpu = (c0 >= 0 && c1 >= 0) ? c1 - c0 : -1;
+        double cpu_per_gb = cpu >= 0 && bytes > 0 ? cpu / ((double)bytes / 1e9) : -1;
+        uint64_t est = SUM(established), lost = SUM(lost);
+        print_common("throughput", ws);
+        printf(",\"tunnels\":%d,\"dir\":\"%s\",\"established\":%llu,\"lost\":%llu,"
+               "\"window_s\":%.3f,\"bytes\":%llu,\"mb_per_s\":%.1f,\"proxy_cpu_s\":%.3f,"
+               "\"cpu_s_per_gb\":%.4f,\"timed_out\":%s}\n",
+               O.tunnels, O.up ? "up" : "down", (unsigned long long)est, (unsigned long long)lost,
+               wall, (unsigned long long)bytes, mbps, cpu, cpu_per_gb,
+               timed_out ? "true" : "false");
+        fprintf(stderr, "throughput %s %s %d tunnel(s): %.1f MB/s (1 MB = 10^6 B) over %.2f s",
+                O.direct ? "direct" : "via proxy", O.up ? "up" : "down", O.tunnels, mbps, wall);
+        if (cpu >= 0)
+            fprintf(stderr, ", proxy CPU %.2f s = %.3f CPU-s/GB", cpu, cpu_per_gb);
+        fprintf(stderr, ", %llu errors\n", (unsigned long long)errors);
+        if (est < (uint64_t)O.tunnels || lost > 0 || bytes == 0)
+            rc = 1;
+        break;
+    }
+    case M_HANDSHAKES: {
+        uint64_t done = d1 - d0;
+        double rate = (double)done / wall;
+        double cpu = (c0 >= 0 && c1 >= 0) ? c1 - c0 : -1;
+        double cpu_us = cpu >= 0 && done > 0 ? cpu * 1e6 / (double)done : -1;
+        print_common("handshakes", ws);
+        printf(",\"concurrency\":%d,\"window_s\":%.3f,\"handshakes\":%llu,\"per_s\":%.1f,"
+               "\"lat_p50_ms\":%.4f,\"lat_p99_ms\":%.4f,\"proxy_cpu_s\":%.3f,"
+               "\"cpu_us_per_handshake\":%.2f,\"timed_out\":%s}\n",
+               O.concurrency, wall, (unsigned long long)done, rate, pct(all, ns, 50),
+               pct(all, ns, 99), cpu, cpu_us, timed_out ? "true" : "false");
+        fprintf(stderr,
+                "handshakes %s at concurrency %d: %.0f /s over %.2f s (connect->%s p50 %.3f ms, "
+                "p99 %.3f ms), %llu errors\n",
+                O.direct ? "direct" : "via proxy", O.concurrency, rate, wall,
+                O.direct ? "established" : "200", pct(all, ns, 50), pct(all, ns, 99),
+                (unsigned long long)errors);
+        if (cpu >= 0)
+            fprintf(stderr, "  proxy CPU %.2f s = %.1f us per handshake\n", cpu, cpu_us);
+        if (done == 0)
+            rc = 1;
+        break;
+    }
+    case M_LATENCY: {
+        print_common("latency", ws);
+        printf(",\"concurrency\":%d,\"count\":%ld,\"samples\":%ld,\"p50_ms\":%.4f,"
+               "\"p90_ms\":%.4f,\"p99_ms\":%.4f,\"max_ms\":%.4f,\"timed_out\":%s}\n",
+               O.concurrency, O.count, ns, pct(all, ns, 50), pct(all, ns, 90), pct(all, ns, 99),
+               pct(all, ns, 100), timed_out ? "true" : "false");
+        fprintf(stderr,
+                "latency %s (connect->%s) at concurrency %d: p50 %.3f ms, p90 %.3f ms, "
+                "p99 %.3f ms, max %.3f ms over %ld samples, %llu errors\n",
+                O.direct ? "direct" : "via proxy", O.direct ? "established" : "200 reply",
+                O.concurrency, pct(all, ns, 50), pct(all, ns, 90), pct(all, ns, 99),
+                pct(all, ns, 100), ns, (unsigned long long)errors);
+        if (ns < O.count || timed_out)
+            rc = 1;
+        break;
+    }
+    case M_IDLE: {
+        uint64_t est = SUM(established), lost = SUM(lost);
+        double per_kib = est && rss0 >= 0 && rss1 >= 0 ? (double)(rss1 - rss0) / (double)est : -1;
+        double per_fd = est && fds0 >= 0 && fds1 >= 0 ? (double)(fds1 - fds0) / (double)est : -1;
+        double cpu = (c0 >= 0 && c1 >= 0) ? c1 - c0 : -1;
+        print_common("idle", ws);
+        printf(",\"tunnels\":%d,\"established\":%llu,\"failed\":%llu,\"lost\":%llu,"
+               "\"open_s\":%.2f,\"rss_before_kib\":%ld,\"rss_after_kib\":%ld,"
+               "\"rss_end_kib\":%ld,\"fds_before\":%ld,\"fds_after\":%ld,"
+               "\"kib_per_tunnel\":%.3f,\"fds_per_tunnel\":%.3f,\"hold_s\":%.2f,"
+               "\"idle_cpu_s\":%.3f,\"timed_out\":%s}\n",
+               O.tunnels, (unsigned long long)est, (unsigned long long)SUM(failed_open),
+               (unsigned long long)lost, open_s, rss0, rss1, rss2, fds0, fds1, per_kib, per_fd,
+               wall, cpu, timed_out ? "true" : "false");
+        fprintf(stderr,
+                "idle %s: %llu/%d tunnels up in %.1f s; proxy RSS %ld -> %ld KiB = %.2f "
+                "KiB/tunnel, fds %ld -> %ld = %.2f/tunnel; CPU while idle %.2f s over %.1f s; "
+                "%llu lost, %llu errors\n",
+                O.direct ? "direct" : "via proxy", (unsigned long long)est, O.tunnels, open_s, rss0,
+                rss1, per_kib, fds0, fds1, per_fd, cpu, wall, (unsigned long long)lost,
+                (unsigned long long)errors);
+        if (est == 0 || lost > 0)
+            rc = 1;
+        break;
+    }
+    }
+    fflush(stdout);
+    return rc;
+}
