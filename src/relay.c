@@ -355,10 +355,9 @@ int relay_start(struct tunnel *t, const char *reply, size_t replylen, const char
     t->client.bulk = t->upstream.bulk = bulk;
     t->state = TUNNEL_RELAY;
     t->last_active = ev_now(loop);
-    ev_io_set(&t->client.rw, t->client.fd, EV_READ);
-    ev_io_set(&t->client.ww, t->client.fd, EV_WRITE);
+    /* The client's watchers and upstream.ww already carry their fd (set at accept and dial);
+     * ev_io_set on them again would make libev re-add the fd to epoll (EEXIST, then MOD). */
     ev_io_set(&t->upstream.rw, t->upstream.fd, EV_READ);
-    ev_io_set(&t->upstream.ww, t->upstream.fd, EV_WRITE);
     ev_set_cb(&t->client.rw, read_cb);
     ev_set_cb(&t->upstream.rw, read_cb);
     ev_set_cb(&t->client.ww, write_cb);
