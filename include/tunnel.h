@@ -50,10 +50,11 @@ struct tunnel {
     ev_tstamp started, last_active;
     struct tunnel *prev, *next;
     union sockaddr_any peer, up_addr;
-    struct handshake *hs;    /* request, parser, DNS answers: freed once the relay starts */
-    char *target;            /* "host:port" as requested, for the access log */
-    int status;              /* HTTP status sent, 0 if none */
-    bool counted;            /* counts against max_connections */
+    struct handshake *hs;  /* request, parser, DNS answers: freed once the relay starts */
+    char *target;          /* "host:port" as requested, for the access log: target_short or heap */
+    char target_short[48]; /* holds most targets without an allocation */
+    int status;            /* HTTP status sent, 0 if none */
+    bool counted;          /* counts against max_connections */
     struct client_entry *ce; /* per-client accounting, NULL when not limited */
 };
 

@@ -44,6 +44,7 @@ struct handshake {
     char *reply; /* REPLY_MAX bytes, allocated only for a refusal */
     size_t replylen, replyoff;
     const char *reason; /* close reason once the refusal is sent */
+    char inline_req[];  /* the first REQ_INITIAL bytes of the request, in the same allocation */
 };
 
 static void client_request_cb(struct ev_loop *loop, ev_io *w, int revents);
@@ -56,7 +57,8 @@ static void dial_next(struct tunnel *t);
 static void handshake_free(struct handshake *hs) {
     if (!hs)
         return;
-    free(hs->req);
+    if (hs->req != hs->inline_req)
+        free(hs->req);
     free(hs->reply);
     free(hs);
 }
@@ -173,10 +175,16 @@ static void refuse(struct tunnel *t, int status, const char *proxy_error, const 
 
 /* ---- the request ---- */
 
+/* Point t->target at room for cap bytes: the tunnel's own array when it fits (the usual
+ * case: no allocation), else the heap. */
+static char *target_room(struct tunnel *t, size_t cap) {
+    t->target = cap <= sizeof t->target_short ? t->target_short : malloc(cap);
+    return t->target;
+}
+
 static int set_target(struct tunnel *t, const struct http_request *req) {
-    size_t cap = strlen(req->host) + 16;
-    t->target = malloc(cap);
-    if (!t->target)
+    size_t cap = strlen(req->host) + 9; /* "[", "]", ":", 5 digits, NUL */
+    if (!target_room(t, cap))
         return -1;
     if (req->host_kind == HTTP_HOST_IPV6)
         snprintf(t->target, cap, "[%s]:%u", req->host, (unsigned)req->port);
@@ -188,6 +196,8 @@ static int set_target(struct tunnel *t, const struct http_request *req) {
 /* Copy the raw request line's target (up to the second space) for logging a bad request. */
 static void set_raw_target(struct tunnel *t) {
     struct handshake *hs = t->hs;
+    if (t->target)
+        return;
     const char *sp = memchr(hs->req, ' ', hs->reqlen);
     if (!sp)
         return;
@@ -196,8 +206,7 @@ static void set_raw_target(struct tunnel *t) {
     size_t n = 0;
     while (n < rest && n < 300 && sp[n] != ' ' && sp[n] != '\r' && sp[n] != '\n')
         n++;
-    t->target = malloc(n + 1);
-    if (!t->target)
+    if (!target_room(t, n + 1))
         return;
     memcpy(t->target, sp, n);
     t->target[n] = '\0';
@@ -289,12 +298,19 @@ static void parse_error(struct tunnel *t) {
 static int grow_request(struct handshake *hs) {
     if (hs->reqlen < hs->reqalloc)
         return 0;
-    size_t n = hs->reqalloc ? hs->reqalloc * 2 : REQ_INITIAL;
+    size_t n = hs->reqalloc * 2;
     if (n > hs->reqmax)
         n = hs->reqmax;
     if (n <= hs->reqalloc)
         return -1;
-    char *p = realloc(hs->req, n);
+    char *p;
+    if (hs->req == hs->inline_req) {
+        p = malloc(n);
+        if (p)
+            memcpy(p, hs->req, hs->reqlen);
+    } else {
+        p = realloc(hs->req, n);
+    }
     if (!p)
         return -1;
     hs->req = p;
@@ -559,8 +575,12 @@ void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
         close(fd);
         return;
     }
+    /* Two allocations per tunnel: the tunnel, and its handshake state with the first
+     * REQ_INITIAL request bytes inline (only the struct part is zeroed). */
     struct tunnel *t = calloc(1, sizeof *t);
-    struct handshake *hs = calloc(1, sizeof *hs);
+    struct handshake *hs = malloc(sizeof *hs + REQ_INITIAL);
+    if (hs)
+        memset(hs, 0, sizeof *hs);
     if (!t || !hs) {
         log_error("out of memory accepting a client");
         free(t);
@@ -573,6 +593,8 @@ void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
     t->srv = srv;
     t->hs = hs;
     t->ce = ce;
+    hs->req = hs->inline_req;
+    hs->reqalloc = REQ_INITIAL;
     hs->reqmax = cfg->max_request_bytes + 1;
     struct http_limits lim = {.max_total = cfg->max_request_bytes};
     http_parser_init(&hs->parser, &lim);
@@ -676,7 +698,8 @@ void tunnel_reap(struct server *srv) {
         struct tunnel *t = srv->dead;
         srv->dead = t->next;
         handshake_free(t->hs);
-        free(t->target);
+        if (t->target != t->target_short)
+            free(t->target);
         free(t);
     }
     ev_prepare_stop(srv->loop, &srv->reaper);
