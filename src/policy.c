@@ -101,42 +101,6 @@ static int parse_port_item(const char *item, struct port_range *r, char *err, si
     return 0;
 }
 
-int policy_parse_ports(const char *s, struct port_list *out, char *err, size_t errlen) {
-    struct port_list l = {NULL, 0};
-    char item[ITEM_MAX];
-    size_t cap = 0;
-    int r;
-
-    while ((r = text_next_item(&s, item, sizeof item)) != 0) {
-        struct port_range pr;
-
-        if (r < 0) {
-            text_seterr(err, errlen, "bad port '%s...': too long", item);
-            goto fail;
-        }
-        if (item[0] == '\0')
-            continue;
-        if (inner_space(item) && !strchr(item, '-')) {
-            text_seterr(err, errlen, "bad port '%s': separate items with commas", item);
-            goto fail;
-        }
-        if (parse_port_item(item, &pr, err, errlen) != 0)
-            goto fail;
-        if (grow((void **)&l.v, &cap, l.n, sizeof *l.v) != 0) {
-            text_seterr(err, errlen, "out of memory");
-            goto fail;
-        }
-        l.v[l.n++] = pr;
-    }
-    *out = l;
-    return 0;
-fail:
-    free(l.v);
-    out->v = NULL;
-    out->n = 0;
-    return -1;
-}
-
 void policy_free_ports(struct port_list *l) {
     if (!l)
         return;
@@ -286,44 +250,6 @@ static int parse_host_item(const char *item, struct host_pattern *p, char *err, 
     return 0;
 }
 
-int policy_parse_hosts(const char *s, struct host_list *out, char *err, size_t errlen) {
-    struct host_list l = {NULL, 0};
-    char item[ITEM_MAX];
-    size_t cap = 0;
-    int r;
-
-    while ((r = text_next_item(&s, item, sizeof item)) != 0) {
-        struct host_pattern p;
-
-        if (r < 0) {
-            text_seterr(err, errlen, "bad host '%.40s...': longer than %d characters", item,
-                        NAME_MAX_LEN);
-            goto fail;
-        }
-        if (item[0] == '\0')
-            continue;
-        if (inner_space(item)) {
-            text_seterr(err, errlen, "bad host '%s': separate items with commas", item);
-            goto fail;
-        }
-        if (parse_host_item(item, &p, err, errlen) != 0)
-            goto fail;
-        if (grow((void **)&l.v, &cap, l.n, sizeof *l.v) != 0) {
-            free(p.name);
-            text_seterr(err, errlen, "out of memory");
-            goto fail;
-        }
-        l.v[l.n++] = p;
-    }
-    *out = l;
-    return 0;
-fail:
-    policy_free_hosts(&l);
-    out->v = NULL;
-    out->n = 0;
-    return -1;
-}
-
 void policy_free_hosts(struct host_list *l) {
     if (!l)
         return;
@@ -336,48 +262,106 @@ void policy_free_hosts(struct host_list *l) {
     l->n = 0;
 }
 
-int policy_parse_cidrs(const char *s, struct cidr_list *out, char *err, size_t errlen) {
-    struct cidr_list l = {NULL, 0};
-    char item[ITEM_MAX];
-    size_t cap = 0;
-    int r;
-
-    while ((r = text_next_item(&s, item, sizeof item)) != 0) {
-        struct cidr c;
-
-        if (r < 0) {
-            text_seterr(err, errlen, "bad address '%.40s...': too long", item);
-            goto fail;
-        }
-        if (item[0] == '\0')
-            continue;
-        if (inner_space(item)) {
-            text_seterr(err, errlen, "bad address '%s': separate items with commas", item);
-            goto fail;
-        }
-        if (parse_cidr_item(item, &c, err, errlen) != 0)
-            goto fail;
-        if (grow((void **)&l.v, &cap, l.n, sizeof *l.v) != 0) {
-            text_seterr(err, errlen, "out of memory");
-            goto fail;
-        }
-        l.v[l.n++] = c;
-    }
-    *out = l;
-    return 0;
-fail:
-    free(l.v);
-    out->v = NULL;
-    out->n = 0;
-    return -1;
-}
-
 void policy_free_cidrs(struct cidr_list *l) {
     if (!l)
         return;
     free(l->v);
     l->v = NULL;
     l->n = 0;
+}
+
+/* ---- lists ---- */
+
+/* One kind of list item: how to parse it into an element, and what to call it in messages. */
+struct item_kind {
+    const char *what;     /* "port", "host", "address" */
+    size_t size;          /* bytes per element */
+    bool space_in_ranges; /* "10000 - 10100" is one port range, not two items */
+    int (*parse)(const char *item, void *elem, char *err, size_t errlen);
+    void (*release)(void *elem); /* frees what an element owns; NULL when nothing */
+};
+
+/* Parse a comma-separated list into a new array *v of *n elements. On error nothing is kept. */
+static int parse_list(const char *s, const struct item_kind *k, void **v, size_t *n, char *err,
+                      size_t errlen) {
+    char item[ITEM_MAX];
+    union {
+        struct port_range port;
+        struct host_pattern host;
+        struct cidr cidr;
+    } elem; /* room, suitably aligned, for any kind */
+    size_t cap = 0;
+    int r;
+
+    *v = NULL;
+    *n = 0;
+    while ((r = text_next_item(&s, item, sizeof item)) != 0) {
+        if (r < 0) {
+            text_seterr(err, errlen, "bad %s '%.40s...': too long", k->what, item);
+            goto fail;
+        }
+        if (item[0] == '\0')
+            continue;
+        if (inner_space(item) && !(k->space_in_ranges && strchr(item, '-'))) {
+            text_seterr(err, errlen, "bad %s '%s': separate items with commas", k->what, item);
+            goto fail;
+        }
+        if (k->parse(item, &elem, err, errlen) != 0)
+            goto fail;
+        if (grow(v, &cap, *n, k->size) != 0) {
+            if (k->release)
+                k->release(&elem);
+            text_seterr(err, errlen, "out of memory");
+            goto fail;
+        }
+        memcpy((unsigned char *)*v + *n * k->size, &elem, k->size);
+        (*n)++;
+    }
+    return 0;
+fail:
+    for (size_t i = 0; k->release && i < *n; i++)
+        k->release((unsigned char *)*v + i * k->size);
+    free(*v);
+    *v = NULL;
+    *n = 0;
+    return -1;
+}
+
+static int parse_port_elem(const char *item, void *elem, char *err, size_t errlen) {
+    return parse_port_item(item, elem, err, errlen);
+}
+
+static int parse_host_elem(const char *item, void *elem, char *err, size_t errlen) {
+    return parse_host_item(item, elem, err, errlen);
+}
+
+static int parse_cidr_elem(const char *item, void *elem, char *err, size_t errlen) {
+    return parse_cidr_item(item, elem, err, errlen);
+}
+
+static void release_host(void *elem) {
+    struct host_pattern *p = elem;
+    free(p->name);
+    p->name = NULL;
+}
+
+static const struct item_kind port_kind = {"port", sizeof(struct port_range), true, parse_port_elem,
+                                           NULL};
+static const struct item_kind host_kind = {"host", sizeof(struct host_pattern), false,
+                                           parse_host_elem, release_host};
+static const struct item_kind cidr_kind = {"address", sizeof(struct cidr), false, parse_cidr_elem,
+                                           NULL};
+
+int policy_parse_ports(const char *s, struct port_list *out, char *err, size_t errlen) {
+    return parse_list(s, &port_kind, (void **)&out->v, &out->n, err, errlen);
+}
+
+int policy_parse_hosts(const char *s, struct host_list *out, char *err, size_t errlen) {
+    return parse_list(s, &host_kind, (void **)&out->v, &out->n, err, errlen);
+}
+
+int policy_parse_cidrs(const char *s, struct cidr_list *out, char *err, size_t errlen) {
+    return parse_list(s, &cidr_kind, (void **)&out->v, &out->n, err, errlen);
 }
 
 void policy_free_access(struct access_config *a) {
