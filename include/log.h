@@ -12,7 +12,6 @@ struct ev_loop;
 
 /* Set up the error log on stderr. Before log_attach_loop() output may block. */
 void log_init(enum log_level level);
-void log_set_level(enum log_level level);
 /* From now on, a full pipe/socket makes lines wait in memory instead of blocking. */
 void log_attach_loop(struct ev_loop *loop);
 
@@ -32,7 +31,6 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 #define log_warn(...)  log_msg(LOG_LEVEL_WARN, __VA_ARGS__)
 #define log_info(...)  log_msg(LOG_LEVEL_INFO, __VA_ARGS__)
 #define log_debug(...) log_msg(LOG_LEVEL_DEBUG, __VA_ARGS__)
-int log_enabled(enum log_level level);
 
 /* Write whatever is queued, waiting up to timeout_ms in total (for exit). */
 void log_flush(int timeout_ms);

@@ -75,10 +75,8 @@ void tunnel_refuse_handshakes(struct server *srv);
  * or -1 when out of memory (the caller closes). */
 int relay_start(struct tunnel *t, const char *reply, size_t replylen, const char *early,
                 size_t earlylen);
-/* Buffers for the relay come from a small per-server pool. */
-struct buf *relay_buf_get(struct server *srv);
-void relay_buf_put(struct server *srv, struct buf *b);
-/* Give back an endpoint's buffer and pipe (a pipe still holding bytes is closed, not pooled). */
+/* Buffers and pipes for the relay come from small per-server pools. Give back an endpoint's
+ * buffer and pipe (a pipe still holding bytes is closed, not pooled). */
 void relay_release(struct server *srv, struct endpoint *e);
 void relay_pool_free(struct server *srv);
 

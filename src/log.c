@@ -165,14 +165,6 @@ void log_init(enum log_level level) {
     sink_setup(&err_sink, STDERR_FILENO, false);
 }
 
-void log_set_level(enum log_level level) {
-    cur_level = level;
-}
-
-int log_enabled(enum log_level level) {
-    return level <= cur_level;
-}
-
 void log_attach_loop(struct ev_loop *loop) {
     log_loop = loop;
     ev_init(&err_sink.w, sink_cb);

@@ -34,7 +34,7 @@
 
 /* ---- pools ---- */
 
-struct buf *relay_buf_get(struct server *srv) {
+static struct buf *relay_buf_get(struct server *srv) {
     struct buf *b = srv->pool;
     if (b) {
         memcpy(&srv->pool, b->data, sizeof srv->pool);
@@ -48,7 +48,7 @@ struct buf *relay_buf_get(struct server *srv) {
     return b;
 }
 
-void relay_buf_put(struct server *srv, struct buf *b) {
+static void relay_buf_put(struct server *srv, struct buf *b) {
     if (srv->npool >= POOL_MAX) {
         free(b);
         return;
