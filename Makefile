@@ -19,11 +19,12 @@ CPPFLAGS_ALL := -D_GNU_SOURCE -Iinclude $(shell pkg-config --cflags-only-I inih 
 OPT    ?= -O2 -g
 CFLAGS_ALL  = $(OPT) $(WARN) $(HARDEN) $(CFLAGS)
 LDFLAGS_ALL = -pie -Wl,-z,relro,-z,now $(LDFLAGS)
-LIBS   := -lev -linih -lcares -lm
+LIBS   := -lev -linih -lcares -lyaml -lcrypt -lpthread -lm
 
-PURE_SRC := src/http.c src/config.c src/policy.c src/addr.c src/buf.c src/clients.c src/text.c
+PURE_SRC := src/http.c src/config.c src/policy.c src/addr.c src/buf.c src/clients.c src/text.c \
+            src/rules.c src/policy_yaml.c src/auth.c src/sha256.c
 IO_SRC   := src/main.c src/server.c src/master.c src/net.c src/listener.c src/dns.c src/tunnel.c \
-            src/relay.c src/log.c
+            src/relay.c src/log.c src/auth_service.c
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
 # BUILD is the object directory; the sanitizer build uses its own.
@@ -50,7 +51,7 @@ $(BUILD)/%.o: %.c
 $(BUILD)/tests/%: tests/unit/%.c $(PURE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) -Wno-missing-prototypes $(LDFLAGS_ALL) \
-	    -o $@ $< $(PURE_OBJ) -linih -lcmocka -lm
+	    -o $@ $< $(PURE_OBJ) -linih -lyaml -lcrypt -lcmocka -lm
 
 -include $(PURE_OBJ:.o=.d) $(IO_OBJ:.o=.d)
 

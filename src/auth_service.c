@@ -1,0 +1,2 @@
+/* auth_service: being written. */
+#include "auth_service.h"

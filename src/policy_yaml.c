@@ -1,0 +1,2 @@
+/* policy_yaml: being written. */
+#include "policy_yaml.h"

@@ -1,0 +1,2 @@
+/* rules: being written. */
+#include "rules.h"

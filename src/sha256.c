@@ -1,0 +1,2 @@
+/* sha256: being written. */
+#include "sha256.h"
