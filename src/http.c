@@ -43,9 +43,11 @@
  *   most 253 bytes after one trailing dot is removed; stored lowercased. Hyphens at the start or
  *   end of a label are tolerated (resolvers accept them). Anti-SSRF: when the last label is a
  *   number (all digits, or "0x"/"0X" followed by zero or more hex digits, as in the WHATWG URL
- *   "ends in a number" rule) the name is an IPv4 address in some notation: only a canonical
- *   dotted quad is accepted (as HTTP_HOST_IPV4), everything else ("127.1", "2130706433",
- *   "0x7f.1", "0177.0.0.1", "1.2.3.04") is a 400. "1.2.3.4." is the IPv4 1.2.3.4. IPv6 only in
+ *   "ends in a number" rule) the name is an IPv4 address in some notation, read as the WHATWG
+ *   URL IPv4 parser (and so every browser) reads it: "127.1", "2130706433", "0x7f.1",
+ *   "0177.0.0.1" all become HTTP_HOST_IPV4 "127.0.0.1", so that policy sees the address that
+ *   would be dialed. What that parser rejects ("1.2.3.4.5", "256.1.1.1", "09.1.1.1",
+ *   "4294967296") is a 400. "1.2.3.4." is the IPv4 1.2.3.4. IPv6 only in
  *   brackets, without zone id or IPvFuture, stored as inet_ntop() prints it. A port is 1-5
  *   digits with a value of 1-65535 ("00443" is 443); "host:" with an empty port is a 400 even
  *   where the port is optional.
@@ -135,26 +137,69 @@ static const char *parse_port(const unsigned char *s, size_t n, uint16_t *port) 
 }
 
 /* Exactly four decimal parts 0-255, no leading zeros except "0" itself. */
-static bool is_canonical_ipv4(const unsigned char *s, size_t n) {
-    size_t i = 0;
+/* One part of an IPv4 address as the WHATWG URL standard reads it: "0x"/"0X" prefix = hex
+ * ("0x" alone is 0), another leading 0 = octal, else decimal. Returns false for bad digits or a
+ * value above 2^32. */
+static bool ipv4_part(const unsigned char *s, size_t n, uint64_t *out) {
+    unsigned radix = 10;
+    uint64_t v = 0;
 
-    for (int part = 0; part < 4; part++) {
-        size_t start = i;
-        unsigned v = 0;
-
-        while (i < n && is_digit(s[i]) && i - start < 3) {
-            v = v * 10 + (unsigned)(s[i] - '0');
-            i++;
-        }
-        if (i == start || v > 255 || (s[start] == '0' && i - start > 1))
-            return false;
-        if (part < 3) {
-            if (i >= n || s[i] != '.')
-                return false;
-            i++;
-        }
+    if (n >= 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+        radix = 16;
+        s += 2;
+        n -= 2;
+    } else if (n >= 2 && s[0] == '0') {
+        radix = 8;
+        s++;
+        n--;
     }
-    return i == n;
+    for (size_t i = 0; i < n; i++) {
+        unsigned d;
+
+        if (is_digit(s[i]))
+            d = (unsigned)(s[i] - '0');
+        else if (radix == 16 && is_hex(s[i]))
+            d = (unsigned)(to_lower(s[i]) - 'a' + 10);
+        else
+            return false;
+        if (d >= radix)
+            return false;
+        v = v * radix + d;
+        if (v > 0xffffffffu)
+            return false;
+    }
+    *out = v;
+    return true;
+}
+
+/* The WHATWG URL IPv4 parser: 1-4 dot-separated parts, the last filling the remaining bytes
+ * ("127.1", "2130706433", "0x7f.1", "0177.0.0.1" are all 127.0.0.1). Writes the canonical
+ * dotted quad into out (16 bytes); returns false when the text is not a valid address. */
+static bool ipv4_normalise(const unsigned char *s, size_t n, char *out) {
+    uint64_t parts[4];
+    size_t nparts = 0, start = 0;
+
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && s[i] != '.')
+            continue;
+        if (nparts == 4 || i == start || !ipv4_part(s + start, i - start, &parts[nparts]))
+            return false;
+        nparts++;
+        start = i + 1;
+    }
+    uint64_t v = 0;
+    for (size_t i = 0; i + 1 < nparts; i++) {
+        if (parts[i] > 255)
+            return false;
+        v |= parts[i] << (8 * (3 - i));
+    }
+    uint64_t last = parts[nparts - 1];
+    if (last >= (uint64_t)1 << (8 * (5 - nparts)))
+        return false;
+    v |= last;
+    snprintf(out, 16, "%u.%u.%u.%u", (unsigned)(v >> 24), (unsigned)(v >> 16) & 255,
+             (unsigned)(v >> 8) & 255, (unsigned)v & 255);
+    return true;
 }
 
 /* Does this label look like a number to an inet_aton-style or WHATWG URL parser? */
@@ -202,11 +247,13 @@ static const char *parse_name(const unsigned char *s, size_t n, char *out,
                 label_start = i + 1;
         }
     }
-    /* Anti-SSRF: "127.1", "2130706433", "0x7f.1" are IPv4 addresses to many resolvers. */
+    /* Anti-SSRF: "127.1", "2130706433", "0x7f.1" are IPv4 addresses to browsers and many
+     * resolvers: read them as the address they stand for, so the checks see what is dialed. */
     if (label_is_numeric(s + label_start, n - label_start)) {
-        if (!is_canonical_ipv4(s, n))
-            return "non-canonical IPv4 address";
+        if (!ipv4_normalise(s, n, out))
+            return "bad IPv4 address";
         *kind = HTTP_HOST_IPV4;
+        return NULL;
     } else {
         *kind = HTTP_HOST_NAME;
     }

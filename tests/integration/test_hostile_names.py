@@ -182,13 +182,26 @@ def test_malformed_dots_are_400(start_proxy, dns, loop_servers, name):
 
 # ---- 3. IPv4 / IPv6 literals in odd notations ----------------------------------------------
 
+# Browsers (the WHATWG URL parser) and inet_aton read these as 127.0.0.1; connectd reads them
+# the same way, so deny_private sees the address they stand for.
 ODD_IPV4 = ["0x7f.1", "2130706433", "127.1", "0177.0.0.1", "127.0.0.01", "0x7f000001",
-            "0X7F.0.0.1", "127.0.1", "0x7f.0x0.0x0.0x1", "017700000001", "127.0.0.1.0",
-            "0x7f.1.", "2130706433.", "a.0x7f", "localhost.127"]
+            "0X7F.0.0.1", "127.0.1", "0x7f.0x0.0x0.0x1", "017700000001", "0x7f.1.",
+            "2130706433."]
+# Not an address to that parser either, yet ending in a number: refused before any lookup.
+BAD_IPV4 = ["127.0.0.1.0", "a.0x7f", "localhost.127", "0x7f.08", "4294967296", "127.256.0.1"]
 
 
 @pytest.mark.parametrize("host", ODD_IPV4)
-def test_odd_ipv4_notation_is_400(start_proxy, dns, loop_servers, host):
+def test_odd_ipv4_notation_is_403(start_proxy, dns, loop_servers, host):
+    p = start_guarded(start_proxy)
+    expect_refused(p, f"{host}:{loop_servers.port}", 403, "destination_ip_prohibited",
+                   "denied_private", 1)
+    loop_servers.assert_untouched(host)
+    assert dns.queries == [], f"{host} reached the resolver"
+
+
+@pytest.mark.parametrize("host", BAD_IPV4)
+def test_bad_ipv4_notation_is_400(start_proxy, dns, loop_servers, host):
     p = start_guarded(start_proxy)
     expect_refused(p, f"{host}:{loop_servers.port}", 400, "http_request_error", "bad_request", 1)
     loop_servers.assert_untouched(host)
