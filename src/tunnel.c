@@ -554,11 +554,11 @@ static bool admission(struct server *srv, const struct sockaddr *peer, struct cl
     case CLIENT_OK:
         return true;
     case CLIENT_TOO_MANY:
-        *r = (struct refusal){429, "http_request_denied", "too many connections from this client",
+        *r = (struct refusal){503, "http_request_denied", "too many connections from this client",
                               "client_limit"};
         return false;
     case CLIENT_TOO_FAST:
-        *r = (struct refusal){429, "http_request_denied", "connection rate limit exceeded",
+        *r = (struct refusal){503, "http_request_denied", "connection rate limit exceeded",
                               "client_rate"};
         return false;
     }

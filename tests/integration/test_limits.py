@@ -1,4 +1,4 @@
-"""[limits] per_client_connections and per_client_rate (429), and that refused clients do not
+"""[limits] per_client_connections and per_client_rate (503), and that refused clients do not
 hold max_connections slots."""
 
 import time
@@ -7,7 +7,7 @@ from netutil import check_refusal
 from servers import echo_handler
 
 
-def test_429_per_client_connections(start_proxy, tcp_server):
+def test_503_per_client_connections(start_proxy, tcp_server):
     srv = tcp_server(echo_handler)
     p = start_proxy({"limits": {"per_client_connections": "2"}})
     p.settle()
@@ -15,7 +15,7 @@ def test_429_per_client_connections(start_proxy, tcp_server):
     b = p.tunnel(srv.target())
     c = p.client()
     c.connect_request(srv.target())
-    check_refusal(c, 429, "http_request_denied", allow_reset=True)
+    check_refusal(c, 503, "http_request_denied", allow_reset=True)
     srv.wait_accepts(2)
     time.sleep(0.1)
     assert srv.accepts == 2, "the refused client was dialed"
@@ -23,7 +23,7 @@ def test_429_per_client_connections(start_proxy, tcp_server):
     d = p.tunnel(srv.target(), source="127.0.0.5")
     d.send(b"x")
     assert d.recv_exact(1) == b"x"
-    lines = p.log_lines(1, where=lambda x: x["status"] == "429")
+    lines = p.log_lines(1, where=lambda x: x["status"] == "503")
     assert lines[-1]["reason"] == "client_limit"
     # Closing one of the first client's tunnels frees its slot.
     a.close()
@@ -42,7 +42,7 @@ def test_429_per_client_connections(start_proxy, tcp_server):
         assert t.recv_exact(2) == b"ok"
 
 
-def test_429_per_client_rate(start_proxy, tcp_server):
+def test_503_per_client_rate(start_proxy, tcp_server):
     srv = tcp_server(echo_handler)
     rate = 5
     p = start_proxy({"limits": {"per_client_rate": str(rate)}})
@@ -55,13 +55,15 @@ def test_429_per_client_rate(start_proxy, tcp_server):
         statuses.append(c.read_head().status)
         c.close()
     elapsed = time.monotonic() - t0
-    assert set(statuses) <= {200, 429}, statuses
+    assert set(statuses) <= {200, 503}, statuses
     # Burst = rate: the first `rate` are admitted; after that only what refilled meanwhile
     # (rate per second), however slow this machine is.
     assert statuses[:rate] == [200] * rate, statuses
     allowed = rate + int(elapsed * rate) + 1
     assert statuses.count(200) <= allowed, (statuses, elapsed)
-    assert 429 in statuses, statuses
+    assert 503 in statuses, statuses
+    lines = p.log_lines(statuses.count(503), where=lambda x: x["status"] == "503")
+    assert {x["reason"] for x in lines} == {"client_rate"}
     # Tokens come back at the configured rate.
     time.sleep(1.1)
     c = p.client(source="127.0.0.6")
