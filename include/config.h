@@ -7,7 +7,9 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
+#include "auth.h"
 #include "policy.h"
+#include "rules.h"
 
 #define CONFIG_ERR_MAX 512
 
@@ -39,11 +41,17 @@ struct config {
     unsigned workers; /* processes; 0 = auto (one per online CPU) */
     /* [access] */
     struct access_config access;
+    char *policy_file;     /* [access] policy, resolved against the ini file's directory */
+    struct rule_set rules; /* loaded from policy_file; empty without one */
     /* [dns] */
     char *dns_servers; /* NULL or "" = system resolv.conf; else c-ares CSV "1.2.3.4:53,[::1]:53" */
     unsigned dns_cache;
     /* [timeouts], seconds */
     double timeout_handshake, timeout_dns, timeout_connect, timeout_idle, timeout_shutdown;
+    /* [auth] */
+    char *users_file;        /* NULL = no authentication */
+    struct auth_users users; /* loaded from users_file */
+    char *realm;             /* Basic realm, "connectd" by default */
     /* [limits] */
     unsigned max_connections;
     unsigned per_client_connections;
@@ -58,7 +66,9 @@ struct config {
  * allow_hosts *, allow_clients 127.0.0.0/8 + ::1, deny_private yes, ...). */
 void config_defaults(struct config *c);
 
-/* Start from config_defaults() and apply the file. On error returns -1 and writes "FILE:LINE:
+/* Start from config_defaults() and apply the file. The policy file and users file it names
+ * (relative paths are taken from the ini file's directory) are loaded too; their errors carry
+ * their own FILE:LINE[:COLUMN]. On error returns -1 and writes "FILE:LINE:
  * [section] key: what is wrong" into err (or "FILE: cannot open: <strerror>"); *c is then freed and
  * zeroed. */
 int config_load_file(const char *path, struct config *c, char *err, size_t errlen);

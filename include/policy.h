@@ -84,6 +84,12 @@ enum policy_target {
 enum policy_target policy_check_target(const struct access_config *a, const char *host, bool is_ip,
                                        uint16_t port);
 
+/* True when an item of l matches a step-1 target the way policy_check_target() matches it: a
+ * normalised name, or an IP literal (is_ip) whose parsed address is ip (NULL: only "*" can match
+ * it). Shared with rules.c so that YAML rules and proxy.ini match hosts alike. */
+bool policy_hosts_match(const struct host_list *l, const char *host, bool is_ip,
+                        const struct sockaddr *ip);
+
 enum policy_addr {
     POLICY_ADDR_ALLOW = 1,
     POLICY_ADDR_DENY_HOST, /* a deny_hosts CIDR matched, or (after CHECK_ADDR) no allow CIDR did */

@@ -14,6 +14,8 @@ struct listener;
 struct tunnel;
 struct buf;
 struct client_table;
+struct auth_service;
+struct loopguard;
 
 struct server {
     struct ev_loop *loop;
@@ -33,6 +35,8 @@ struct server {
     int (*pipes)[2]; /* empty pipes kept for the splice path */
     size_t npipes;
     struct client_table *clients; /* NULL unless a per-client limit is set */
+    struct auth_service *auth;    /* NULL unless [auth] users_file is set */
+    struct loopguard *loopguard;  /* our own listening addresses */
     ev_timer sweep_timer;
     bool draining;
     ev_timer drain_timer;

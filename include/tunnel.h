@@ -17,6 +17,7 @@ struct client_entry;
 
 enum tunnel_state {
     TUNNEL_READ_REQUEST = 1, /* reading the CONNECT header block */
+    TUNNEL_AUTHENTICATING,   /* credentials being verified, or a failing client held back */
     TUNNEL_RESOLVING,        /* waiting for DNS */
     TUNNEL_CONNECTING,       /* non-blocking connect to one address after another */
     TUNNEL_RELAY,            /* 200 queued, bytes flow both ways */
@@ -53,6 +54,8 @@ struct tunnel {
     struct handshake *hs;  /* request, parser, DNS answers: freed once the relay starts */
     char *target;          /* "host:port" as requested, for the access log: target_short or heap */
     char target_short[48]; /* holds most targets without an allocation */
+    const char *user;      /* authenticated user (owned by the config), NULL if none */
+    const char *rule;      /* what decided: a policy rule's name or a proxy.ini list, or NULL */
     int status;            /* HTTP status sent, 0 if none */
     bool counted;          /* counts against max_connections */
     struct client_entry *ce; /* per-client accounting, NULL when not limited */

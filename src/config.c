@@ -11,6 +11,7 @@
  *     inih multi-line continuation of the previous key, and a value-only line is a syntax error.
  * The first error stops parsing; nothing after it is applied. */
 #include "config.h"
+#include "policy_yaml.h"
 #include "text.h"
 
 #include <errno.h>
@@ -26,6 +27,7 @@
 #define DEFAULT_ALLOW_HOSTS   "*"
 #define DEFAULT_ALLOW_CLIENTS "127.0.0.0/8, ::1"
 #define DEFAULT_ACCESS_LOG    "stderr"
+#define DEFAULT_REALM         "connectd"
 #define DNS_DEFAULT_PORT      53
 #define MAX_DURATION          (24.0 * 3600.0)
 #define FILE_MAX              ((size_t)1024 * 1024)
@@ -80,11 +82,11 @@ static const struct key_def {
     [K_DENY_HOSTS] = {"access", "deny_hosts", true},
     [K_ALLOW_CLIENTS] = {"access", "allow_clients", true},
     [K_DENY_PRIVATE] = {"access", "deny_private", true},
-    [K_POLICY] = {"access", "policy", false},
+    [K_POLICY] = {"access", "policy", true},
     [K_DNS_SERVERS] = {"dns", "servers", true},
     [K_DNS_CACHE] = {"dns", "cache", true},
-    [K_AUTH_USERS_FILE] = {"auth", "users_file", false},
-    [K_AUTH_REALM] = {"auth", "realm", false},
+    [K_AUTH_USERS_FILE] = {"auth", "users_file", true},
+    [K_AUTH_REALM] = {"auth", "realm", true},
     [K_TIMEOUT_HANDSHAKE] = {"timeouts", "handshake", true},
     [K_TIMEOUT_DNS] = {"timeouts", "dns", true},
     [K_TIMEOUT_CONNECT] = {"timeouts", "connect", true},
@@ -417,6 +419,46 @@ static int set_access_log(struct config *c, const char *v, char *why, size_t why
     return 0;
 }
 
+/* A file name; empty means none. Made absolute later, once the ini file's name is known. */
+static int set_path(char **dst, const char *v, char *why, size_t whylen) {
+    free(*dst);
+    *dst = NULL;
+    if (v[0] == '\0')
+        return 0;
+    *dst = strdup(v);
+    if (!*dst) {
+        text_seterr(why, whylen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* The realm goes inside a quoted-string of Proxy-Authenticate: printable ASCII without '"'
+ * or '\\', so that it never needs escaping. */
+static int set_realm(struct config *c, const char *v, char *why, size_t whylen) {
+    size_t n = strlen(v);
+
+    if (n == 0 || n > 64) {
+        text_seterr(why, whylen, "must be 1 to 64 characters");
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if (ch < 0x20 || ch > 0x7e || ch == '"' || ch == '\\') {
+            text_seterr(why, whylen, "must be printable ASCII without quotes or backslashes");
+            return -1;
+        }
+    }
+    char *s = strdup(v);
+    if (!s) {
+        text_seterr(why, whylen, "out of memory");
+        return -1;
+    }
+    free(c->realm);
+    c->realm = s;
+    return 0;
+}
+
 static int apply(struct config *c, enum key_id id, const char *v, char *why, size_t whylen) {
     struct access_config *a = &c->access;
     unsigned long u;
@@ -534,11 +576,14 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
             return -1;
         c->workers = (unsigned)u;
         return 0;
+    case K_POLICY:
+        return set_path(&c->policy_file, v, why, whylen);
+    case K_AUTH_USERS_FILE:
+        return set_path(&c->users_file, v, why, whylen);
+    case K_AUTH_REALM:
+        return set_realm(c, v, why, whylen);
     case K_USER:
     case K_PAC:
-    case K_POLICY:
-    case K_AUTH_USERS_FILE:
-    case K_AUTH_REALM:
     case K_COUNT:
         break;
     }
@@ -740,11 +785,69 @@ static int set_defaults(struct config *c) {
     c->log_level = LOG_LEVEL_INFO;
     c->access_log = strdup(DEFAULT_ACCESS_LOG);
     bad |= c->access_log == NULL;
+    c->realm = strdup(DEFAULT_REALM);
+    bad |= c->realm == NULL;
     return bad ? -1 : 0;
 }
 
 void config_defaults(struct config *c) {
     (void)set_defaults(c);
+}
+
+/* A path from the ini file, relative to that file's directory (as an operator reading the file
+ * expects), not to wherever the daemon was started. */
+static int resolve_path(struct ctx *x, char **path, int line, const char *key) {
+    const char *slash = strrchr(x->name, '/');
+
+    if (!*path || (*path)[0] == '/' || !slash)
+        return 0;
+    size_t dirlen = (size_t)(slash - x->name) + 1;
+    size_t n = dirlen + strlen(*path) + 1;
+    char *full = malloc(n);
+    if (!full) {
+        fail(x, "%s:%d: %s: out of memory", x->name, line, key);
+        return -1;
+    }
+    memcpy(full, x->name, dirlen);
+    memcpy(full + dirlen, *path, n - dirlen);
+    free(*path);
+    *path = full;
+    return 0;
+}
+
+/* The policy and users files, and the names that must agree between them. */
+static int load_linked_files(struct ctx *x) {
+    struct config *c = x->c;
+    int pline = x->seen[K_POLICY], uline = x->seen[K_AUTH_USERS_FILE];
+
+    if (resolve_path(x, &c->users_file, uline, "[auth] users_file") != 0 ||
+        resolve_path(x, &c->policy_file, pline, "[access] policy") != 0)
+        return -1;
+    if (c->users_file && auth_users_load(c->users_file, &c->users, x->err, x->errlen) != 0) {
+        x->failed = true;
+        return -1;
+    }
+    if (c->policy_file && policy_yaml_load(c->policy_file, &c->rules, x->err, x->errlen) != 0) {
+        x->failed = true;
+        return -1;
+    }
+    for (size_t i = 0; i < c->rules.n; i++) {
+        const struct rule *r = &c->rules.v[i];
+
+        if (r->has_users && !c->users_file) {
+            fail(x, "%s: rule %s: has users, but [auth] users_file is not set in %s",
+                 c->policy_file, r->name, x->name);
+            return -1;
+        }
+        for (size_t j = 0; j < r->nusers; j++) {
+            if (!auth_users_find(&c->users, r->users[j])) {
+                fail(x, "%s: rule %s: user '%s' is not in %s", c->policy_file, r->name, r->users[j],
+                     c->users_file);
+                return -1;
+            }
+        }
+    }
+    return 0;
 }
 
 static int load_text(const char *text, size_t len, const char *name, struct config *c, char *err,
@@ -779,6 +882,8 @@ static int load_text(const char *text, size_t len, const char *name, struct conf
     else if (!x.failed && rc != 0)
         fail(&x, "%s: out of memory", name);
     if (x.failed)
+        goto fail;
+    if (load_linked_files(&x) != 0)
         goto fail;
     return 0;
 fail:
@@ -854,5 +959,10 @@ void config_free(struct config *c) {
     policy_free_access(&c->access);
     free(c->dns_servers);
     free(c->access_log);
+    free(c->policy_file);
+    rules_free(&c->rules);
+    free(c->users_file);
+    auth_users_free(&c->users);
+    free(c->realm);
     memset(c, 0, sizeof *c);
 }

@@ -12,6 +12,7 @@
 #include "listener.h"
 #include "log.h"
 #include "master.h"
+#include "passwd.h"
 #include "server.h"
 
 #define CONNECTD_VERSION "0.1.0"
@@ -27,8 +28,10 @@ static unsigned config_workers(const struct config *cfg) {
 
 static void usage(FILE *out) {
     fprintf(out, "usage: connectd [-t] [-c FILE]\n"
+                 "       connectd -H < password\n"
                  "  -c FILE  configuration file (default " DEFAULT_CONFIG ")\n"
-                 "  -t       check the configuration and exit (0 = valid)\n"
+                 "  -t       check the configuration (and its policy and users files), exit\n"
+                 "  -H       read a password, print its hash for [auth] users_file, exit\n"
                  "  -V       print the version and exit\n"
                  "  -h       print this help and exit\n");
 }
@@ -49,7 +52,7 @@ int main(int argc, char **argv) {
     const char *path = DEFAULT_CONFIG;
     bool check_only = false;
     int opt;
-    while ((opt = getopt(argc, argv, "c:thV")) != -1) {
+    while ((opt = getopt(argc, argv, "c:tHhV")) != -1) {
         switch (opt) {
         case 'c':
             path = optarg;
@@ -57,6 +60,8 @@ int main(int argc, char **argv) {
         case 't':
             check_only = true;
             break;
+        case 'H':
+            return optind == argc ? passwd_hash_stdin() : (usage(stderr), 2);
         case 'h':
             usage(stdout);
             return 0;

@@ -461,6 +461,11 @@ static bool parse_target_ip(const char *host, struct sockaddr_storage *ss) {
     return addr_parse_ip(host, 0, ss, NULL) == 0;
 }
 
+bool policy_hosts_match(const struct host_list *l, const char *host, bool is_ip,
+                        const struct sockaddr *ip) {
+    return l && host && list_matches(l, host, host_len(host), is_ip, ip);
+}
+
 enum policy_target policy_check_target(const struct access_config *a, const char *host, bool is_ip,
                                        uint16_t port) {
     struct sockaddr_storage ss;

@@ -8,11 +8,13 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "auth_service.h"
 #include "clients.h"
 #include "container.h"
 #include "dns.h"
 #include "listener.h"
 #include "log.h"
+#include "loopguard.h"
 #include "tunnel.h"
 
 static void reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
@@ -113,9 +115,21 @@ static unsigned fit_fd_limit(unsigned want) {
     return (unsigned)fit;
 }
 
+/* Free what server_run() set up; each part may be absent. */
+static void server_free(struct server *srv) {
+    listeners_close(srv);
+    tunnel_reap(srv);
+    dns_free(srv->dns);
+    relay_pool_free(srv);
+    clients_free(srv->clients);
+    auth_service_free(srv->auth);
+    loopguard_free(srv->loopguard);
+}
+
 int server_run(const struct config *cfg, const int *listen_fds, unsigned max_connections) {
     char err[CONFIG_ERR_MAX];
     struct server srv;
+    int rc = 1;
     memset(&srv, 0, sizeof srv);
     srv.spare_fd = -1;
     srv.cfg = cfg;
@@ -127,30 +141,33 @@ int server_run(const struct config *cfg, const int *listen_fds, unsigned max_con
     }
     log_attach_loop(srv.loop);
     ev_prepare_init(&srv.reaper, reaper_cb);
+    ev_init(&srv.drain_timer, drain_timeout_cb);
+    ev_init(&srv.sweep_timer, sweep_cb);
 
     struct dns_config dc = {
         .servers = cfg->dns_servers, .timeout = cfg->timeout_dns, .cache_size = cfg->dns_cache};
     srv.dns = dns_new(srv.loop, &dc, err, sizeof err);
-    if (!srv.dns) {
-        log_error("%s", err);
-        return 1;
+    if (!srv.dns)
+        goto fail;
+    srv.loopguard = loopguard_new(listen_fds, cfg->nlisten, err, sizeof err);
+    if (!srv.loopguard)
+        goto fail;
+    if (cfg->users_file) {
+        srv.auth = auth_service_new(srv.loop, &cfg->users, err, sizeof err);
+        if (!srv.auth)
+            goto fail;
     }
     if (cfg->per_client_connections || cfg->per_client_rate) {
         srv.clients = clients_new(cfg->per_client_connections, cfg->per_client_rate);
         if (!srv.clients) {
-            log_error("out of memory");
-            dns_free(srv.dns);
-            return 1;
+            snprintf(err, sizeof err, "out of memory");
+            goto fail;
         }
-        ev_timer_init(&srv.sweep_timer, sweep_cb, 10., 10.);
+        ev_timer_set(&srv.sweep_timer, 10., 10.);
         ev_timer_start(srv.loop, &srv.sweep_timer);
     }
-    if (listeners_start(&srv, listen_fds, err, sizeof err) == -1) {
-        log_error("%s", err);
-        dns_free(srv.dns);
-        clients_free(srv.clients);
-        return 1;
-    }
+    if (listeners_start(&srv, listen_fds, err, sizeof err) == -1)
+        goto fail;
 
     ev_signal sigterm, sigint, sighup, sigusr1;
     ev_signal_init(&sigterm, stop_cb, SIGTERM);
@@ -169,22 +186,24 @@ int server_run(const struct config *cfg, const int *listen_fds, unsigned max_con
     sigaddset(&held, SIGHUP);
     sigaddset(&held, SIGUSR1);
     sigprocmask(SIG_UNBLOCK, &held, NULL); /* main held them until now */
-    log_info("ready (max_connections %u)", srv.max_active);
+    log_info("ready (max_connections %u%s)", srv.max_active,
+             srv.auth ? ", proxy authentication on" : "");
 
     ev_run(srv.loop, 0);
 
     log_info("stopped");
-    ev_timer_stop(srv.loop, &srv.drain_timer);
-    ev_timer_stop(srv.loop, &srv.sweep_timer);
-    listeners_close(&srv);
-    tunnel_reap(&srv);
-    dns_free(srv.dns);
-    relay_pool_free(&srv);
-    clients_free(srv.clients);
     ev_signal_stop(srv.loop, &sigterm);
     ev_signal_stop(srv.loop, &sigint);
     ev_signal_stop(srv.loop, &sighup);
     ev_signal_stop(srv.loop, &sigusr1);
+    rc = 0;
+    goto done;
+fail:
+    log_error("%s", err);
+done:
+    ev_timer_stop(srv.loop, &srv.drain_timer);
+    ev_timer_stop(srv.loop, &srv.sweep_timer);
+    server_free(&srv);
     ev_loop_destroy(srv.loop);
-    return 0;
+    return rc;
 }

@@ -1,7 +1,7 @@
 /* tunnel: the per-client state machine from accept to close.
  *
- *   READ_REQUEST -> RESOLVING -> CONNECTING -> RELAY -> CLOSED
- *        \______________\____________\__> ERROR_REPLY -> LINGER -> CLOSED
+ *   READ_REQUEST -> [AUTHENTICATING] -> RESOLVING -> CONNECTING -> RELAY -> CLOSED
+ *        \________________\__________________\____________\__> ERROR_REPLY -> LINGER -> CLOSED
  *
  * Each state arms exactly the watchers it needs, and the one timer carries that state's
  * deadline. Everything that ends a tunnel goes through tunnel_close(). */
@@ -14,14 +14,17 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "auth_service.h"
 #include "buf.h"
 #include "clients.h"
 #include "container.h"
 #include "dns.h"
 #include "http.h"
 #include "log.h"
+#include "loopguard.h"
 #include "net.h"
 #include "policy.h"
+#include "rules.h"
 
 #define LINGER_SECONDS 2.0  /* after a refusal, wait this long for the client to close */
 #define REPLY_SECONDS  5.0  /* a refusal must be written within this */
@@ -36,6 +39,13 @@ struct handshake {
     struct dns_query *dnsq;
     struct dns_answer ans;
     size_t next_addr;
+    struct auth_wait *authw;       /* credentials being verified off the loop */
+    bool auth_held;                /* already held back once for earlier failures */
+    enum policy_target ini_target; /* proxy.ini's verdict on the name and port */
+    const struct rule *rule;       /* the policy rule that allowed the request, or NULL */
+    bool rules_pending;            /* rules from rule_from on depend on the address */
+    size_t rule_from;
+    bool loop_hit;          /* an address was one of our own listeners */
     bool name_allowed;      /* policy matched the name (not only a CIDR) */
     int dial_errno;         /* last connect failure, 0 if none */
     const char *deny_class; /* set when an address was refused as private */
@@ -138,13 +148,17 @@ static void reply_write_cb(struct ev_loop *loop, ev_io *w, int revents) {
 }
 
 /* Answer the client with a refusal from the response table, then close. */
-static void refuse(struct tunnel *t, int status, const char *proxy_error, const char *params,
-                   const char *details, const char *reason) {
+static void refuse_with(struct tunnel *t, int status, const char *proxy_error, const char *params,
+                        const char *details, const char *reason, const char *extra) {
     struct ev_loop *loop = t->srv->loop;
     struct handshake *hs = t->hs;
     if (hs->dnsq) {
         dns_cancel(hs->dnsq);
         hs->dnsq = NULL;
+    }
+    if (hs->authw) {
+        auth_service_cancel(t->srv->auth, hs->authw);
+        hs->authw = NULL;
     }
     if (t->upstream.fd != -1) {
         ev_io_stop(loop, &t->upstream.ww);
@@ -159,7 +173,8 @@ static void refuse(struct tunnel *t, int status, const char *proxy_error, const 
         tunnel_close(t, reason);
         return;
     }
-    const char *extra = status == 405 ? "Allow: CONNECT\r\n" : NULL;
+    if (!extra && status == 405)
+        extra = "Allow: CONNECT\r\n";
     hs->replylen =
         http_build_error(hs->reply, REPLY_MAX, status, proxy_error, params, details, extra);
     if (hs->replylen == 0) /* details too long for the buffer: drop them */
@@ -171,6 +186,19 @@ static void refuse(struct tunnel *t, int status, const char *proxy_error, const 
     ev_set_cb(&t->client.ww, reply_write_cb);
     arm_timer(t, REPLY_SECONDS);
     reply_flush(t);
+}
+
+static void refuse(struct tunnel *t, int status, const char *proxy_error, const char *params,
+                   const char *details, const char *reason) {
+    refuse_with(t, status, proxy_error, params, details, reason, NULL);
+}
+
+/* 407 with the challenge that makes a browser ask for (or resend) credentials. */
+static void refuse_auth(struct tunnel *t, const char *details, const char *reason) {
+    char challenge[160];
+    snprintf(challenge, sizeof challenge,
+             "Proxy-Authenticate: Basic realm=\"%s\", charset=\"UTF-8\"\r\n", t->srv->cfg->realm);
+    refuse_with(t, 407, "http_request_denied", NULL, details, reason, challenge);
 }
 
 /* ---- the request ---- */
@@ -235,28 +263,56 @@ static void dns_done(void *arg, enum dns_status status, const struct dns_answer 
     dial_next(t);
 }
 
-static void request_complete(struct tunnel *t) {
+static void rule_query(const struct tunnel *t, struct rule_query *q) {
+    const struct http_request *req = &t->hs->parser.req;
+    q->client = &t->peer.sa;
+    q->user = t->user;
+    q->host = req->host;
+    q->is_ip = req->host_kind != HTTP_HOST_NAME;
+    q->port = req->port;
+}
+
+/* Who may go where, for what can be decided before resolution: the policy rules first, then
+ * proxy.ini's lists. Then dial an IP literal, or resolve a name. */
+static void policy_step(struct tunnel *t) {
     struct handshake *hs = t->hs;
     const struct config *cfg = t->srv->cfg;
     const struct http_request *req = &hs->parser.req;
-    ev_set_cb(&t->client.rw, client_watch_cb); /* still active: now only watches for a hang-up */
-    if (set_target(t, req) == -1) {
-        refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
-        return;
-    }
     bool is_ip = req->host_kind != HTTP_HOST_NAME;
-    switch (policy_check_target(&cfg->access, req->host, is_ip, req->port)) {
-    case POLICY_TARGET_DENY_PORT:
-        refuse(t, 403, "http_request_denied", NULL, "port not allowed", "denied_port");
-        return;
-    case POLICY_TARGET_DENY_HOST:
-        refuse(t, 403, "http_request_denied", NULL, "host not allowed", "denied_host");
-        return;
-    case POLICY_TARGET_ALLOW:
-        hs->name_allowed = true;
+    struct rule_query q;
+    size_t idx = 0;
+    enum rule_match m = RULE_NO_MATCH;
+
+    hs->ini_target = policy_check_target(&cfg->access, req->host, is_ip, req->port);
+    hs->name_allowed = hs->ini_target == POLICY_TARGET_ALLOW;
+    rule_query(t, &q);
+    if (cfg->rules.n)
+        m = rules_match(&cfg->rules, &q, 0, &idx);
+    switch (m) {
+    case RULE_MATCHED:
+        t->rule = cfg->rules.v[idx].name;
+        if (cfg->rules.v[idx].action == RULE_DENY) {
+            refuse(t, 403, "http_request_denied", NULL, "denied by policy", "denied_rule");
+            return;
+        }
+        hs->rule = &cfg->rules.v[idx];
         break;
-    case POLICY_TARGET_CHECK_ADDR:
-        hs->name_allowed = false;
+    case RULE_NEEDS_ADDR:
+        hs->rules_pending = true; /* the ini verdict applies to addresses no rule matches */
+        hs->rule_from = idx;
+        break;
+    case RULE_NO_MATCH:
+        if (hs->ini_target == POLICY_TARGET_DENY_PORT) {
+            t->rule = "allow_ports";
+            refuse(t, 403, "http_request_denied", NULL, "port not allowed", "denied_port");
+            return;
+        }
+        if (hs->ini_target == POLICY_TARGET_DENY_HOST) {
+            t->rule = "allow_hosts";
+            refuse(t, 403, "http_request_denied", NULL, "host not allowed", "denied_host");
+            return;
+        }
+        t->rule = "allow_hosts";
         break;
     }
     if (is_ip) {
@@ -279,6 +335,85 @@ static void request_complete(struct tunnel *t) {
     hs->dnsq = dns_lookup(t->srv->dns, req->host, req->port, dns_done, t);
     if (!hs->dnsq)
         refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
+}
+
+static void auth_step(struct tunnel *t);
+
+static void auth_result(struct tunnel *t, enum auth_result res, const char *user) {
+    struct server *srv = t->srv;
+    char client[ADDR_TEXT_MAX], name[3 * AUTH_USER_MAX + 1];
+    const struct auth_user *u;
+
+    switch (res) {
+    case AUTH_OK:
+        u = auth_users_find(&srv->cfg->users, user);
+        if (!u) { /* cannot happen: the service only knows the config's users */
+            refuse(t, 500, "proxy_internal_error", NULL, "unknown user", "auth_error");
+            return;
+        }
+        t->user = u->name;
+        auth_service_succeeded(srv->auth, &t->peer.sa);
+        policy_step(t);
+        return;
+    case AUTH_MISSING:
+        refuse_auth(t, "proxy credentials required", "auth_required");
+        return;
+    case AUTH_BAD:
+        auth_service_failed(srv->auth, &t->peer.sa);
+        addr_format(&t->peer.sa, false, client, sizeof client);
+        log_escape(name, sizeof name, user ? user : "", user ? strlen(user) : 0);
+        log_warn("auth: wrong credentials for user '%s' from %s", name, client);
+        refuse_auth(t, "wrong proxy credentials", "auth_failed");
+        return;
+    case AUTH_BUSY:
+        refuse(t, 503, "proxy_internal_response", NULL, "too many logins waiting", "auth_busy");
+        return;
+    case AUTH_PENDING:
+        t->state = TUNNEL_AUTHENTICATING;
+        arm_timer(t, srv->cfg->timeout_handshake);
+        return;
+    }
+}
+
+static void auth_done(void *arg, enum auth_result res, const char *user) {
+    struct tunnel *t = arg;
+    t->hs->authw = NULL;
+    auth_result(t, res, user);
+}
+
+/* Credentials first (when [auth] is on): policy rules may name users. A client with recent
+ * failures is held back before its attempt is even looked at. */
+static void auth_step(struct tunnel *t) {
+    struct server *srv = t->srv;
+    struct handshake *hs = t->hs;
+    const struct http_request *req = &hs->parser.req;
+    const char *user = NULL;
+
+    if (!srv->auth) {
+        policy_step(t);
+        return;
+    }
+    if (!hs->auth_held) {
+        double hold = auth_service_penalty(srv->auth, &t->peer.sa);
+        if (hold > 0) {
+            hs->auth_held = true;
+            t->state = TUNNEL_AUTHENTICATING;
+            arm_timer(t, hold);
+            return;
+        }
+    }
+    enum auth_result res = auth_service_check(srv->auth, hs->req + req->proxy_auth_off,
+                                              req->proxy_auth_len, &user, auth_done, t, &hs->authw);
+    auth_result(t, res, user);
+}
+
+static void request_complete(struct tunnel *t) {
+    ev_set_cb(&t->client.rw, client_watch_cb); /* still active: now only watches for a hang-up */
+    if (set_target(t, &t->hs->parser.req) == -1) {
+        refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
+        return;
+    }
+    auth_step(t);
 }
 
 static void parse_error(struct tunnel *t) {
@@ -430,6 +565,10 @@ static void dial_failed(struct tunnel *t) {
         return;
     }
     /* No address was dialed: every one was refused by policy. */
+    if (hs->loop_hit) {
+        refuse(t, 502, "proxy_loop_detected", NULL, "destination is this proxy", "proxy_loop");
+        return;
+    }
     if (hs->deny_class && !hs->denied_host) {
         char details[64];
         snprintf(details, sizeof details, "destination is %s", hs->deny_class);
@@ -439,9 +578,68 @@ static void dial_failed(struct tunnel *t) {
     refuse(t, 403, "http_request_denied", NULL, "destination not allowed", "denied_host");
 }
 
-static void dial_next(struct tunnel *t) {
+enum verdict {
+    VERDICT_ALLOW = 1,
+    VERDICT_PRIVATE, /* reserved class and deny_private; *cls names the class */
+    VERDICT_DENY,    /* a deny rule or proxy.ini's lists */
+    VERDICT_LOOP,    /* one of our own listeners */
+};
+
+/* The checks on the exact address about to be dialed (so DNS rebinding cannot slip past):
+ * our own listeners first (whatever deny_private says), then the rule that allowed the name,
+ * or the rules that needed an address, or proxy.ini's lists. */
+static enum verdict addr_verdict(struct tunnel *t, const struct sockaddr *sa, const char **cls) {
     struct handshake *hs = t->hs;
     const struct config *cfg = t->srv->cfg;
+    const struct rule *r = hs->rule;
+
+    if (loopguard_hits(t->srv->loopguard, sa, ev_now(t->srv->loop))) {
+        t->rule = "loop";
+        return VERDICT_LOOP;
+    }
+    if (!r && hs->rules_pending) {
+        struct rule_query q;
+        size_t idx;
+        rule_query(t, &q);
+        if (rules_match_addr(&cfg->rules, &q, sa, hs->rule_from, &idx)) {
+            r = &cfg->rules.v[idx];
+            t->rule = r->name;
+            if (r->action == RULE_DENY)
+                return VERDICT_DENY;
+        } else if (hs->ini_target == POLICY_TARGET_DENY_PORT) {
+            t->rule = "allow_ports";
+            return VERDICT_DENY;
+        } else if (hs->ini_target == POLICY_TARGET_DENY_HOST) {
+            t->rule = "allow_hosts";
+            return VERDICT_DENY;
+        }
+    }
+    if (r) {
+        const char *c = cfg->access.deny_private ? addr_reserved_class(sa) : NULL;
+        if (c && !rules_names_addr(r, sa)) {
+            *cls = c;
+            t->rule = "deny_private";
+            return VERDICT_PRIVATE;
+        }
+        t->rule = r->name;
+        return VERDICT_ALLOW;
+    }
+    switch (policy_check_addr(&cfg->access, sa, hs->name_allowed, cls)) {
+    case POLICY_ADDR_ALLOW:
+        t->rule = "allow_hosts";
+        return VERDICT_ALLOW;
+    case POLICY_ADDR_PRIVATE:
+        t->rule = "deny_private";
+        return VERDICT_PRIVATE;
+    case POLICY_ADDR_DENY_HOST:
+        t->rule = "deny_hosts";
+        return VERDICT_DENY;
+    }
+    return VERDICT_DENY;
+}
+
+static void dial_next(struct tunnel *t) {
+    struct handshake *hs = t->hs;
     ev_tstamp now = ev_now(t->srv->loop);
     while (hs->next_addr < hs->ans.n) {
         if (now >= hs->connect_deadline && hs->dial_errno != 0) {
@@ -451,14 +649,17 @@ static void dial_next(struct tunnel *t) {
         size_t i = hs->next_addr++;
         const struct sockaddr *sa = &hs->ans.addr[i].sa;
         const char *cls = NULL;
-        switch (policy_check_addr(&cfg->access, sa, hs->name_allowed, &cls)) {
-        case POLICY_ADDR_ALLOW:
+        switch (addr_verdict(t, sa, &cls)) {
+        case VERDICT_ALLOW:
             break;
-        case POLICY_ADDR_PRIVATE:
+        case VERDICT_PRIVATE:
             hs->deny_class = cls;
             continue;
-        case POLICY_ADDR_DENY_HOST:
+        case VERDICT_DENY:
             hs->denied_host = true;
+            continue;
+        case VERDICT_LOOP:
+            hs->loop_hit = true;
             continue;
         }
         memcpy(&t->up_addr, sa, hs->ans.len[i]);
@@ -500,6 +701,14 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         set_raw_target(t);
         refuse(t, 408, "http_request_error", NULL, "request headers not received in time",
                "handshake_timeout");
+        return;
+    case TUNNEL_AUTHENTICATING:
+        if (t->hs->authw) {
+            refuse(t, 503, "proxy_internal_response", NULL, "credentials not verified in time",
+                   "auth_timeout");
+            return;
+        }
+        auth_step(t); /* held back long enough */
         return;
     case TUNNEL_RESOLVING:
         refuse(t, 504, "dns_timeout", NULL, "name resolution timed out", "dns_timeout");
@@ -641,12 +850,17 @@ static void access_line(struct tunnel *t, const char *reason) {
         status = 0; /* the client went away before the 200 was delivered */
     else if (status == 200)
         down = t->client.sent - HTTP_CONNECT_OK_LEN;
-    char line[1400];
+    char user[3 * AUTH_USER_MAX + 1] = "-", rule[200] = "-";
+    if (t->user)
+        log_escape(user, sizeof user, t->user, strlen(t->user));
+    if (t->rule)
+        log_escape(rule, sizeof rule, t->rule, strlen(t->rule));
+    char line[1700];
     int n = snprintf(line, sizeof line,
-                     "client=%s target=%s upstream=%s status=%d up=%llu down=%llu duration=%.3f "
-                     "reason=%s",
-                     client, target, up, status, (unsigned long long)t->upstream.sent,
-                     (unsigned long long)down, ev_now(t->srv->loop) - t->started, reason);
+                     "client=%s user=%s target=%s upstream=%s status=%d up=%llu down=%llu "
+                     "duration=%.3f reason=%s rule=%s",
+                     client, user, target, up, status, (unsigned long long)t->upstream.sent,
+                     (unsigned long long)down, ev_now(t->srv->loop) - t->started, reason, rule);
     if (n > 0)
         log_access(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
 }
@@ -670,6 +884,10 @@ void tunnel_close(struct tunnel *t, const char *reason) {
     if (t->hs && t->hs->dnsq) {
         dns_cancel(t->hs->dnsq);
         t->hs->dnsq = NULL;
+    }
+    if (t->hs && t->hs->authw) {
+        auth_service_cancel(srv->auth, t->hs->authw);
+        t->hs->authw = NULL;
     }
     endpoint_close(srv, &t->client);
     endpoint_close(srv, &t->upstream);
@@ -709,8 +927,8 @@ void tunnel_refuse_handshakes(struct server *srv) {
     struct tunnel *t = srv->live, *next;
     for (; t; t = next) {
         next = t->next;
-        if (t->state == TUNNEL_READ_REQUEST || t->state == TUNNEL_RESOLVING ||
-            t->state == TUNNEL_CONNECTING)
+        if (t->state == TUNNEL_READ_REQUEST || t->state == TUNNEL_AUTHENTICATING ||
+            t->state == TUNNEL_RESOLVING || t->state == TUNNEL_CONNECTING)
             refuse(t, 503, "proxy_internal_response", NULL, "proxy is shutting down", "shutdown");
     }
 }

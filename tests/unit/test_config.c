@@ -442,14 +442,49 @@ static void test_long_line(void **state) {
     EXPECT_ERROR(text, "t.ini:2: line too long (301 bytes");
 }
 
+/* [auth] and [access] policy: linked files, their paths, and the names they must share. */
+static void test_linked_files(void **state) {
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "";
+    (void)state;
+
+    /* Empty values: no policy, no authentication; the realm has a default. */
+    assert_int_equal(config_load_string("[access]\npolicy =\n[auth]\nusers_file =\n", "t.ini", &c,
+                                        err, sizeof err),
+                     0);
+    assert_null(c.policy_file);
+    assert_null(c.users_file);
+    assert_int_equal(c.rules.n, 0);
+    assert_string_equal(c.realm, "connectd");
+    config_free(&c);
+
+    assert_int_equal(
+        config_load_string("[auth]\nrealm = Corp Proxy\n", "t.ini", &c, err, sizeof err), 0);
+    assert_string_equal(c.realm, "Corp Proxy");
+    config_free(&c);
+
+    assert_int_equal(config_load_string("[auth]\nrealm = a\"b\n", "t.ini", &c, err, sizeof err),
+                     -1);
+    assert_string_equal(err, "t.ini:2: [auth] realm: must be printable ASCII without quotes or "
+                             "backslashes (got 'a\"b')");
+
+    /* A missing file is named, resolved against the ini file's directory. */
+    assert_int_equal(config_load_string("[access]\npolicy = nope.yaml\n", "/no/such/dir/t.ini", &c,
+                                        err, sizeof err),
+                     -1);
+    assert_string_equal(err, "/no/such/dir/nope.yaml: cannot open: No such file or directory");
+    assert_int_equal(
+        config_load_string("[auth]\nusers_file = /no/users\n", "t.ini", &c, err, sizeof err), -1);
+    assert_string_equal(err, "/no/users: cannot open: No such file or directory");
+}
+
 static void test_unsupported(void **state) {
     static const struct {
         const char *section, *key, *value;
     } cases[] = {
-        {"server", "user", "nobody"}, {"server", "user", ""},
-        {"server", "pac", "no"},      {"access", "policy", "/x.yaml"},
-        {"access", "policy", ""},     {"auth", "users_file", "/etc/connectd/users"},
-        {"auth", "users_file", ""},   {"auth", "realm", "connectd"},
+        {"server", "user", "nobody"},
+        {"server", "user", ""},
+        {"server", "pac", "no"},
     };
     (void)state;
     for (size_t i = 0; i < N(cases); i++) {
@@ -594,6 +629,7 @@ int main(void) {
         cmocka_unit_test(test_duplicate_key),
         cmocka_unit_test(test_long_line),
         cmocka_unit_test(test_unsupported),
+        cmocka_unit_test(test_linked_files),
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_file_errors),
