@@ -819,16 +819,17 @@ static int resolve_path(struct ctx *x, char **path, int line, const char *key) {
 static int load_linked_files(struct ctx *x) {
     struct config *c = x->c;
     int pline = x->seen[K_POLICY], uline = x->seen[K_AUTH_USERS_FILE];
+    char why[CONFIG_ERR_MAX];
 
     if (resolve_path(x, &c->users_file, uline, "[auth] users_file") != 0 ||
         resolve_path(x, &c->policy_file, pline, "[access] policy") != 0)
         return -1;
-    if (c->users_file && auth_users_load(c->users_file, &c->users, x->err, x->errlen) != 0) {
-        x->failed = true;
+    if (c->users_file && auth_users_load(c->users_file, &c->users, why, sizeof why) != 0) {
+        fail(x, "%s:%d: [auth] users_file: %s", x->name, uline, why);
         return -1;
     }
-    if (c->policy_file && policy_yaml_load(c->policy_file, &c->rules, x->err, x->errlen) != 0) {
-        x->failed = true;
+    if (c->policy_file && policy_yaml_load(c->policy_file, &c->rules, why, sizeof why) != 0) {
+        fail(x, "%s:%d: [access] policy: %s", x->name, pline, why);
         return -1;
     }
     for (size_t i = 0; i < c->rules.n; i++) {

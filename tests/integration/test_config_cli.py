@@ -74,8 +74,9 @@ BAD = {
     "workers_zero": ("server", "workers", "0"),
     "unsupported_user": ("server", "user", "nobody"),
     "unsupported_pac": ("server", "pac", "yes"),
-    "unsupported_policy": ("access", "policy", "/etc/connectd/rules.yaml"),
-    "unsupported_auth": ("auth", "users_file", "/etc/connectd/users"),
+    "missing_policy_file": ("access", "policy", "/nonexistent/rules.yaml"),
+    "missing_users_file": ("auth", "users_file", "/nonexistent/users"),
+    "bad_realm": ("auth", "realm", 'say "hi"'),
 }
 
 

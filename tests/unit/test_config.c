@@ -472,10 +472,12 @@ static void test_linked_files(void **state) {
     assert_int_equal(config_load_string("[access]\npolicy = nope.yaml\n", "/no/such/dir/t.ini", &c,
                                         err, sizeof err),
                      -1);
-    assert_string_equal(err, "/no/such/dir/nope.yaml: cannot open: No such file or directory");
+    assert_string_equal(err, "/no/such/dir/t.ini:2: [access] policy: /no/such/dir/nope.yaml: "
+                             "cannot open: No such file or directory");
     assert_int_equal(
         config_load_string("[auth]\nusers_file = /no/users\n", "t.ini", &c, err, sizeof err), -1);
-    assert_string_equal(err, "/no/users: cannot open: No such file or directory");
+    assert_string_equal(
+        err, "t.ini:2: [auth] users_file: /no/users: cannot open: No such file or directory");
 }
 
 static void test_unsupported(void **state) {
