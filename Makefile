@@ -105,6 +105,7 @@ install: $(BIN)
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/connectd
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/connectd
 	install -m 0644 conf/proxy.ini $(DESTDIR)/etc/connectd/proxy.ini.example
+	install -m 0644 conf/policy.yaml $(DESTDIR)/etc/connectd/policy.yaml.example
 
 clean:
 	rm -rf build $(BIN)

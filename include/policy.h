@@ -90,6 +90,10 @@ enum policy_target policy_check_target(const struct access_config *a, const char
 bool policy_hosts_match(const struct host_list *l, const char *host, bool is_ip,
                         const struct sockaddr *ip);
 
+/* An IP literal target ("192.0.2.1", "::1", also "[::1]") into ss (port 0). False when host is
+ * not one. */
+bool policy_target_ip(const char *host, struct sockaddr_storage *ss);
+
 enum policy_addr {
     POLICY_ADDR_ALLOW = 1,
     POLICY_ADDR_DENY_HOST, /* a deny_hosts CIDR matched, or (after CHECK_ADDR) no allow CIDR did */

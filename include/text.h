@@ -18,4 +18,10 @@ void text_seterr(char *err, size_t errlen, const char *fmt, ...)
  * does not fit (buf then holds its truncated start, for the message). */
 int text_next_item(const char **sp, char *buf, size_t bufsize);
 
+/* Read the whole file at path, at most max bytes, into a new buffer (*buf, NUL-terminated,
+ * *len bytes before the NUL; free() it). Returns 0, or -1 with "PATH: cannot open: ...",
+ * "PATH: larger than MAX bytes", "PATH: cannot read: ..." or "PATH: out of memory" in err. The
+ * one file access of the otherwise pure loaders. */
+int text_read_file(const char *path, size_t max, char **buf, size_t *len, char *err, size_t errlen);
+
 #endif

@@ -343,48 +343,15 @@ int auth_users_load_string(const char *text, const char *name, struct auth_users
 }
 
 int auth_users_load(const char *path, struct auth_users *u, char *err, size_t errlen) {
-    size_t n = 0, cap = 0;
-    char *buf = NULL;
-    FILE *f;
-    int rc = -1;
+    char *buf;
+    size_t n;
+    int rc;
 
     u->v = NULL;
     u->n = 0;
-    f = fopen(path, "re");
-    if (!f) {
-        text_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    if (text_read_file(path, USERS_FILE_MAX, &buf, &n, err, errlen) != 0)
         return -1;
-    }
-    for (;;) {
-        size_t got;
-
-        if (n == cap) {
-            char *nb;
-
-            if (cap >= USERS_FILE_MAX) {
-                text_seterr(err, errlen, "%s: larger than %zu bytes", path, USERS_FILE_MAX);
-                goto out;
-            }
-            cap = cap ? cap * 2 : 4096;
-            nb = realloc(buf, cap);
-            if (!nb) {
-                text_seterr(err, errlen, "%s: out of memory", path);
-                goto out;
-            }
-            buf = nb;
-        }
-        got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0)
-            break;
-    }
-    if (ferror(f)) {
-        text_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
-        goto out;
-    }
-    rc = load_text(buf ? buf : "", n, path, u, err, errlen);
-out:
-    (void)fclose(f);
+    rc = load_text(buf, n, path, u, err, errlen);
     free(buf);
     return rc;
 }

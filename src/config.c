@@ -905,52 +905,16 @@ int config_load_string(const char *text, const char *name, struct config *c, cha
 }
 
 int config_load_file(const char *path, struct config *c, char *err, size_t errlen) {
-    size_t n = 0, cap = 0;
-    char *buf = NULL;
-    FILE *f;
+    char *buf;
+    size_t n;
     int rc;
 
     memset(c, 0, sizeof *c);
-    f = fopen(path, "re");
-    if (!f) {
-        text_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    if (text_read_file(path, FILE_MAX, &buf, &n, err, errlen) != 0)
         return -1;
-    }
-    for (;;) {
-        size_t got;
-
-        if (n == cap) {
-            char *nb;
-
-            if (cap >= FILE_MAX) {
-                text_seterr(err, errlen, "%s: larger than %zu bytes", path, FILE_MAX);
-                goto fail;
-            }
-            cap = cap ? cap * 2 : 4096;
-            nb = realloc(buf, cap);
-            if (!nb) {
-                text_seterr(err, errlen, "%s: out of memory", path);
-                goto fail;
-            }
-            buf = nb;
-        }
-        got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0)
-            break;
-    }
-    if (ferror(f)) {
-        text_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
-        goto fail;
-    }
-    (void)fclose(f);
-    rc = load_text(buf ? buf : "", n, path, c, err, errlen);
+    rc = load_text(buf, n, path, c, err, errlen);
     free(buf);
     return rc;
-fail:
-    (void)fclose(f);
-    free(buf);
-    return -1;
 }
 
 void config_free(struct config *c) {

@@ -446,8 +446,7 @@ static bool list_cidr_matches(const struct host_list *l, const struct sockaddr *
     return false;
 }
 
-/* IP literal target, with or without brackets, into ss. False when it is not one. */
-static bool parse_target_ip(const char *host, struct sockaddr_storage *ss) {
+bool policy_target_ip(const char *host, struct sockaddr_storage *ss) {
     char buf[64];
     size_t n = strlen(host);
 
@@ -477,7 +476,7 @@ enum policy_target policy_check_target(const struct access_config *a, const char
     if (!port_allowed(&a->allow_ports, port))
         return POLICY_TARGET_DENY_PORT;
     /* An IP literal that does not parse matches no CIDR pattern (only "*"): fail closed. */
-    if (is_ip && parse_target_ip(host, &ss))
+    if (is_ip && policy_target_ip(host, &ss))
         ip = (const struct sockaddr *)&ss;
     hlen = host_len(host);
     if (list_matches(&a->deny_hosts, host, hlen, is_ip, ip))

@@ -741,7 +741,7 @@ int policy_yaml_load_string(const char *text, size_t len, const char *name, stru
         len = 0;
     }
     if (len > FILE_MAX) {
-        text_seterr(err, errlen, "%s: larger than 1 MiB (%zu bytes)", name, len);
+        text_seterr(err, errlen, "%s: larger than %zu bytes", name, (size_t)FILE_MAX);
         return -1;
     }
     memset(&ld, 0, sizeof ld);
@@ -766,7 +766,6 @@ int policy_yaml_load_string(const char *text, size_t len, const char *name, stru
 }
 
 int policy_yaml_load(const char *path, struct rule_set *rs, char *err, size_t errlen) {
-    FILE *f;
     char *buf;
     size_t n;
     int rc;
@@ -774,31 +773,8 @@ int policy_yaml_load(const char *path, struct rule_set *rs, char *err, size_t er
     if (!rs)
         return -1;
     memset(rs, 0, sizeof *rs);
-    f = fopen(path, "rb");
-    if (!f) {
-        text_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    if (text_read_file(path, FILE_MAX, &buf, &n, err, errlen) != 0)
         return -1;
-    }
-    /* One byte more than allowed tells a file of exactly FILE_MAX bytes from a bigger one. */
-    buf = malloc(FILE_MAX + 1);
-    if (!buf) {
-        (void)fclose(f);
-        text_seterr(err, errlen, "%s: out of memory", path);
-        return -1;
-    }
-    n = fread(buf, 1, FILE_MAX + 1, f);
-    if (ferror(f)) {
-        text_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
-        (void)fclose(f);
-        free(buf);
-        return -1;
-    }
-    (void)fclose(f);
-    if (n > FILE_MAX) {
-        text_seterr(err, errlen, "%s: larger than 1 MiB", path);
-        free(buf);
-        return -1;
-    }
     rc = policy_yaml_load_string(buf, n, path, rs, err, errlen);
     free(buf);
     return rc;

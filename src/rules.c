@@ -82,22 +82,6 @@ static bool cidr_contains(const struct host_list *l, const struct sockaddr *addr
     return false;
 }
 
-/* IP literal target ("192.0.2.1", "::1", tolerated as "[::1]") into ss. False when it does not
- * parse: then only "*" can match it (fail closed, as policy_check_target does). */
-static bool parse_literal(const char *host, struct sockaddr_storage *ss) {
-    char buf[64];
-    size_t n = strlen(host);
-
-    if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
-        if (n - 2 >= sizeof buf)
-            return false;
-        memcpy(buf, host + 1, n - 2);
-        buf[n - 2] = '\0';
-        return addr_parse_ip(buf, 0, ss, NULL) == 0;
-    }
-    return addr_parse_ip(host, 0, ss, NULL) == 0;
-}
-
 enum rule_match rules_match(const struct rule_set *rs, const struct rule_query *q, size_t from,
                             size_t *idx) {
     struct sockaddr_storage ss;
@@ -105,7 +89,7 @@ enum rule_match rules_match(const struct rule_set *rs, const struct rule_query *
 
     if (!rs || !q || !q->host)
         return RULE_NO_MATCH;
-    if (q->is_ip && parse_literal(q->host, &ss))
+    if (q->is_ip && policy_target_ip(q->host, &ss))
         ip = (const struct sockaddr *)&ss;
     for (size_t i = from; i < rs->n; i++) {
         const struct rule *r = &rs->v[i];

@@ -1,8 +1,10 @@
-/* text: string helpers shared by the pure parsers. */
+/* text: string helpers shared by the pure parsers, and the one way they read a file. */
 #include "text.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 void text_seterr(char *err, size_t errlen, const char *fmt, ...) {
@@ -39,4 +41,59 @@ int text_next_item(const char **sp, char *buf, size_t bufsize) {
     memcpy(buf, s, n);
     buf[n] = '\0';
     return 1;
+}
+
+int text_read_file(const char *path, size_t max, char **buf, size_t *len, char *err,
+                   size_t errlen) {
+    size_t n = 0, cap = 0;
+    char *b = NULL;
+    FILE *f = fopen(path, "re");
+
+    *buf = NULL;
+    *len = 0;
+    if (!f) {
+        text_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    for (;;) {
+        if (n + 1 >= cap) {
+            /* Grow to one byte past max, so a file of exactly max bytes is told from a bigger
+             * one, and keep room for the NUL. */
+            size_t want = cap ? cap * 2 : 4096;
+            if (want > max + 2)
+                want = max + 2;
+            if (want <= cap) {
+                text_seterr(err, errlen, "%s: larger than %zu bytes", path, max);
+                goto fail;
+            }
+            char *nb = realloc(b, want);
+            if (!nb) {
+                text_seterr(err, errlen, "%s: out of memory", path);
+                goto fail;
+            }
+            b = nb;
+            cap = want;
+        }
+        size_t got = fread(b + n, 1, cap - 1 - n, f);
+        n += got;
+        if (n > max) {
+            text_seterr(err, errlen, "%s: larger than %zu bytes", path, max);
+            goto fail;
+        }
+        if (got == 0)
+            break;
+    }
+    if (ferror(f)) {
+        text_seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        goto fail;
+    }
+    (void)fclose(f);
+    b[n] = '\0';
+    *buf = b;
+    *len = n;
+    return 0;
+fail:
+    (void)fclose(f);
+    free(b);
+    return -1;
 }

@@ -248,3 +248,21 @@ def test_hash_password_tool(connectd_bin, tmp_path, tcp_server, start_proxy):
     c = p.client()
     c.connect_request(srv.target(), extra_headers=basic("dave", "hunter2"))
     c.expect_established()
+
+
+def test_auth_with_two_workers(auth_proxy, tcp_server):
+    """Each worker process has its own verification thread and cache."""
+    srv = tcp_server(echo_handler)
+    p = auth_proxy(server={"workers": "2"})
+    for i in range(20):
+        c = p.client()
+        c.connect_request(srv.target(), extra_headers=basic("alice", "wonderland"))
+        c.expect_established()
+        c.send(b"%d" % i)
+        assert c.recv_exact(len(b"%d" % i)) == b"%d" % i
+        c.close()
+    c = p.client()
+    c.connect_request(srv.target(), extra_headers=basic("alice", "nope"))
+    check_refusal(c, 407, "http_request_denied")
+    # One or two hashes for the right password (one per worker that served it), one wrong.
+    assert 2 <= hashed_count(p) <= 3, p.stderr_text()[-2000:]

@@ -432,7 +432,7 @@ static void test_size_limit(void **state) {
     assert_int_equal(policy_yaml_load_string(s, max, "t.yaml", &rs, err, sizeof err), 0);
     assert_int_equal(rs.n, 1);
     rules_free(&rs);
-    expect_error(s, max + 1, "t.yaml: ", "larger than 1 MiB");
+    expect_error(s, max + 1, "t.yaml: ", "larger than 1048576 bytes");
 
     /* The same through a file. */
     fd = mkstemp(path);
@@ -449,7 +449,7 @@ static void test_size_limit(void **state) {
     memset(&rs, 0xa5, sizeof rs);
     assert_int_equal(policy_yaml_load(path, &rs, err, sizeof err), -1);
     assert_true(all_zero(&rs, sizeof rs));
-    (void)snprintf(want, sizeof want, "%s: larger than 1 MiB", path);
+    (void)snprintf(want, sizeof want, "%s: larger than 1048576 bytes", path);
     assert_string_equal(err, want);
     assert_int_equal(unlink(path), 0);
     free(s);
