@@ -19,7 +19,7 @@ CPPFLAGS_ALL := -D_GNU_SOURCE -Iinclude $(shell pkg-config --cflags-only-I inih 
 OPT    ?= -O2 -g
 CFLAGS_ALL  = $(OPT) $(WARN) $(HARDEN) $(CFLAGS)
 LDFLAGS_ALL = -pie -Wl,-z,relro,-z,now $(LDFLAGS)
-LIBS   := -lev -linih -lcares -lyaml -lcrypt -lpthread -lm
+LIBS   := -lev -linih -lcares -lyaml -lcrypt -lsystemd -lpthread -lm
 
 PURE_SRC := src/http.c src/config.c src/policy.c src/addr.c src/buf.c src/clients.c src/text.c \
             src/rules.c src/policy_yaml.c src/auth.c src/sha256.c

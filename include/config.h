@@ -39,6 +39,7 @@ struct config {
     size_t nlisten;
     enum relay_mode relay;
     unsigned workers; /* processes; 0 = auto (one per online CPU) */
+    char *user;       /* drop to this user after binding when started as root; NULL = none */
     /* [access] */
     struct access_config access;
     char *policy_file;     /* [access] policy, resolved against the ini file's directory */

@@ -74,7 +74,7 @@ static const struct key_def {
 } keys[K_COUNT] = {
     [K_LISTEN] = {"server", "listen", true},
     [K_WORKERS] = {"server", "workers", true},
-    [K_USER] = {"server", "user", false},
+    [K_USER] = {"server", "user", true},
     [K_PAC] = {"server", "pac", false},
     [K_RELAY] = {"server", "relay", true},
     [K_ALLOW_PORTS] = {"access", "allow_ports", true},
@@ -399,12 +399,9 @@ static int set_access_log(struct config *c, const char *v, char *why, size_t why
         text_seterr(why, whylen, "is empty; use stderr, off or a file path");
         return -1;
     }
-    if (strcasecmp(v, "syslog") == 0) {
-        text_seterr(why, whylen,
-                    "syslog is not supported in this version; use stderr, off or a file");
-        return -1;
-    }
-    if (strcasecmp(v, "stderr") == 0)
+    if (strcasecmp(v, "syslog") == 0)
+        s = strdup("syslog");
+    else if (strcasecmp(v, "stderr") == 0)
         s = strdup("stderr");
     else if (strcasecmp(v, "off") == 0)
         s = strdup("off");
@@ -416,6 +413,34 @@ static int set_access_log(struct config *c, const char *v, char *why, size_t why
     }
     free(c->access_log);
     c->access_log = s;
+    return 0;
+}
+
+/* A user name as useradd accepts it (looked up when the daemon starts); empty = none. */
+static int set_user(struct config *c, const char *v, char *why, size_t whylen) {
+    size_t n = strlen(v);
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)v[i];
+        if (!(ch >= 'a' && ch <= 'z') && !(ch >= 'A' && ch <= 'Z') && !(ch >= '0' && ch <= '9') &&
+            ch != '_' && ch != '-' && ch != '.' && !(ch == '$' && i == n - 1)) {
+            text_seterr(why, whylen, "is not a valid user name");
+            return -1;
+        }
+    }
+    if (n > 32 || (n > 0 && v[0] == '-')) {
+        text_seterr(why, whylen, "is not a valid user name");
+        return -1;
+    }
+    free(c->user);
+    c->user = NULL;
+    if (n == 0)
+        return 0;
+    c->user = strdup(v);
+    if (!c->user) {
+        text_seterr(why, whylen, "out of memory");
+        return -1;
+    }
     return 0;
 }
 
@@ -583,6 +608,7 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
     case K_AUTH_REALM:
         return set_realm(c, v, why, whylen);
     case K_USER:
+        return set_user(c, v, why, whylen);
     case K_PAC:
     case K_COUNT:
         break;
@@ -929,5 +955,6 @@ void config_free(struct config *c) {
     free(c->users_file);
     auth_users_free(&c->users);
     free(c->realm);
+    free(c->user);
     memset(c, 0, sizeof *c);
 }

@@ -72,7 +72,7 @@ BAD = {
     "max_request_bytes_too_small": ("limits", "max_request_bytes", "100"),
     "bad_level": ("log", "level", "chatty"),
     "workers_zero": ("server", "workers", "0"),
-    "unsupported_user": ("server", "user", "nobody"),
+    "bad_user": ("server", "user", "no body"),
     "unsupported_pac": ("server", "pac", "yes"),
     "missing_policy_file": ("access", "policy", "/nonexistent/rules.yaml"),
     "missing_users_file": ("auth", "users_file", "/nonexistent/users"),
