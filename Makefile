@@ -25,7 +25,7 @@ PURE_SRC := src/http.c src/config.c src/policy.c src/addr.c src/buf.c src/client
             src/rules.c src/policy_yaml.c src/auth.c src/sha256.c
 IO_SRC   := src/main.c src/server.c src/master.c src/net.c src/listener.c src/dns.c src/tunnel.c \
             src/relay.c src/log.c src/auth_service.c src/loopguard.c \
-            src/passwd.c
+            src/passwd.c src/privdrop.c src/generation.c
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
 # BUILD is the object directory; the sanitizer build uses its own.

@@ -207,6 +207,8 @@ def write_configs(d):
         f.write(f"""; connectd: the target ports only, loopback destinations allowed, no logging.
 [server]
 listen = 127.0.0.1:{PROXY_PORT['connectd']}
+; as root the bench keeps root (the other proxies get the same); otherwise this is ignored
+user = root
 {workers}[access]
 allow_ports = {P_SINK}-{P_ECHO}
 deny_private = no

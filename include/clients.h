@@ -18,6 +18,8 @@ enum client_verdict {
 /* max_conns and rate: 0 = unlimited. Returns NULL when out of memory. */
 struct client_table *clients_new(unsigned max_conns, unsigned rate);
 void clients_free(struct client_table *ct);
+/* New limits (a reload); counts and buckets are kept. */
+void clients_set_limits(struct client_table *ct, unsigned max_conns, unsigned rate);
 
 /* Account a new connection from sa at time now (seconds). On CLIENT_OK *entry is set and must
  * be given back with clients_release() when the connection ends. A refused connection is not

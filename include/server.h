@@ -17,11 +17,31 @@ struct client_table;
 struct auth_service;
 struct loopguard;
 
+/* One configuration and what is built from it. A tunnel holds the generation it was accepted
+ * under until it ends: a reload never changes a tunnel's rules half-way, and an old
+ * generation (its config, resolver and credential checker) is freed with its last tunnel. */
+struct gen {
+    struct config cfg;
+    struct dns *dns;
+    struct auth_service *auth; /* NULL without [auth] users_file */
+    unsigned refs;
+};
+
+/* Build a generation from *cfg, which it takes over (*cfg is zeroed). NULL with err filled (and
+ * *cfg freed) when the resolver or the credential checker cannot be set up. One reference. */
+struct gen *gen_new(struct ev_loop *loop, struct config *cfg, char *err, size_t errlen);
+void gen_ref(struct gen *g);
+void gen_unref(struct gen *g);
+
 struct server {
     struct ev_loop *loop;
-    const struct config *cfg;
-    struct dns *dns;
-    struct listener *listeners;
+    struct gen *gen;         /* the current configuration: new tunnels take it */
+    const char *config_path; /* read again on SIGHUP */
+    bool own_listeners;      /* a reload may bind and close listeners (no master, no systemd) */
+    bool notify;             /* this process reports to systemd (NOTIFY_SOCKET) */
+    unsigned workers;        /* processes sharing [limits] max_connections */
+    unsigned long *shared_active; /* worker's slot for the master's status, or NULL */
+    struct listener **listeners;
     size_t nlisteners;
     int spare_fd;        /* held in reserve so EMFILE can still accept-and-close */
     struct tunnel *live; /* every open tunnel */
@@ -35,8 +55,8 @@ struct server {
     int (*pipes)[2]; /* empty pipes kept for the splice path */
     size_t npipes;
     struct client_table *clients; /* NULL unless a per-client limit is set */
-    struct auth_service *auth;    /* NULL unless [auth] users_file is set */
     struct loopguard *loopguard;  /* our own listening addresses */
+    ev_timer status_timer;        /* STATUS= for systemd */
     ev_timer sweep_timer;
     bool draining;
     ev_timer drain_timer;
@@ -46,9 +66,20 @@ struct server {
  * shutdown timeout, then the loop ends. */
 void server_drain(struct server *srv);
 
-/* Serve on already bound listening sockets (one per [server] listen address) until SIGTERM or
- * SIGINT has drained the tunnels. max_connections is this process's share. Returns the exit
- * status. */
-int server_run(const struct config *cfg, const int *listen_fds, unsigned max_connections);
+struct server_opts {
+    const char *config_path; /* for SIGHUP */
+    struct config *cfg;      /* taken over (zeroed) */
+    const int *fds;          /* bound listening sockets, taken over */
+    size_t nfds;
+    unsigned max_connections;     /* this process's share */
+    unsigned workers;             /* processes sharing max_connections (1 without a master) */
+    bool own_listeners;           /* see struct server */
+    bool notify;                  /* see struct server */
+    unsigned long *shared_active; /* see struct server */
+};
+
+/* Serve until SIGTERM or SIGINT has drained the tunnels (or SIGQUIT: stop accepting and let
+ * every tunnel finish, for a worker being replaced). Returns the exit status. */
+int server_run(const struct server_opts *o);
 
 #endif

@@ -45,6 +45,7 @@ struct handshake;
 
 struct tunnel {
     struct server *srv;
+    struct gen *gen; /* the configuration this tunnel was accepted under (a reference) */
     enum tunnel_state state;
     struct endpoint client, upstream;
     ev_timer timer; /* handshake, dns, connect, idle, linger: one timer per tunnel */

@@ -50,6 +50,11 @@ static void refill(const struct client_table *ct, struct client_entry *e, double
     e->last = now;
 }
 
+void clients_set_limits(struct client_table *ct, unsigned max_conns, unsigned rate) {
+    ct->max_conns = max_conns;
+    ct->rate = rate;
+}
+
 struct client_table *clients_new(unsigned max_conns, unsigned rate) {
     struct client_table *ct = calloc(1, sizeof *ct);
     if (ct) {

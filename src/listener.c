@@ -24,6 +24,8 @@ struct listener {
     int fd;
     ev_io w;
     ev_timer pause;
+    struct sockaddr_storage addr; /* as bound (getsockname) */
+    socklen_t len;
     char name[ADDR_TEXT_MAX];
 };
 
@@ -58,7 +60,9 @@ static void shed_load(struct server *srv, struct listener *l, int err) {
         srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
     for (size_t i = 0; i < srv->nlisteners; i++) {
-        struct listener *x = &srv->listeners[i];
+        struct listener *x = srv->listeners[i];
+        if (!x)
+            continue;
         ev_io_stop(srv->loop, &x->w);
         ev_timer_stop(srv->loop, &x->pause);
         ev_timer_set(&x->pause, EMFILE_PAUSE, 0.);
@@ -66,10 +70,8 @@ static void shed_load(struct server *srv, struct listener *l, int err) {
     }
 }
 
-static void accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
-    (void)loop;
-    (void)revents;
-    struct listener *l = container_of(w, struct listener, w);
+/* Accept up to ACCEPT_BATCH clients; true when the queue is empty (or accepting failed). */
+static bool accept_some(struct listener *l) {
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         union sockaddr_any peer;
         socklen_t len = sizeof peer;
@@ -84,21 +86,28 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
 #if EAGAIN != EWOULDBLOCK
             case EWOULDBLOCK:
 #endif
-                return;
+                return true;
             case EMFILE:
             case ENFILE:
             case ENOBUFS:
             case ENOMEM:
                 shed_load(l->srv, l, errno);
-                return;
+                return true;
             default:
                 if (may_complain(l->srv))
                     log_error("accept on %s: %s", l->name, strerror(errno));
-                return;
+                return true;
             }
         }
         tunnel_accept(l->srv, fd, &peer.sa);
     }
+    return false;
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    (void)revents;
+    (void)accept_some(container_of(w, struct listener, w));
 }
 
 int listeners_bind(const struct config *cfg, bool reuseport, int *fds, char *err, size_t errlen) {
@@ -118,34 +127,164 @@ int listeners_bind(const struct config *cfg, bool reuseport, int *fds, char *err
     return 0;
 }
 
-int listeners_start(struct server *srv, const int *fds, char *err, size_t errlen) {
-    const struct config *cfg = srv->cfg;
-    srv->listeners = calloc(cfg->nlisten, sizeof *srv->listeners);
+/* A listener for fd, named and keyed by the address it is really bound to. */
+static struct listener *listener_new(struct server *srv, int fd) {
+    struct listener *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    l->srv = srv;
+    l->fd = fd;
+    l->len = sizeof l->addr;
+    if (getsockname(fd, (struct sockaddr *)&l->addr, &l->len) == -1)
+        l->len = 0;
+    if (l->len)
+        addr_format((const struct sockaddr *)&l->addr, true, l->name, sizeof l->name);
+    else
+        snprintf(l->name, sizeof l->name, "fd %d", fd);
+    ev_io_init(&l->w, accept_cb, fd, EV_READ);
+    ev_init(&l->pause, resume_cb);
+    return l;
+}
+
+/* l must already be out of srv->listeners (shed_load() walks that list). */
+static void listener_free(struct server *srv, struct listener *l, bool serve_queued) {
+    /* Clients already in the accept queue were promised a connection: take them (to serve, or
+     * to answer 503 when stopping) rather than reset them when the socket closes. */
+    for (int i = 0; serve_queued && i < 64 && !accept_some(l); i++)
+        ;
+    ev_io_stop(srv->loop, &l->w);
+    ev_timer_stop(srv->loop, &l->pause);
+    close(l->fd);
+    free(l);
+}
+
+int listeners_start(struct server *srv, const int *fds, size_t n, char *err, size_t errlen) {
+    srv->listeners = calloc(n ? n : 1, sizeof *srv->listeners);
     if (!srv->listeners) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    for (size_t i = 0; i < cfg->nlisten; i++) {
-        struct listener *l = &srv->listeners[i];
-        l->srv = srv;
-        l->fd = fds[i];
-        addr_format((const struct sockaddr *)&cfg->listen[i].ss, true, l->name, sizeof l->name);
-        ev_io_init(&l->w, accept_cb, l->fd, EV_READ);
-        ev_init(&l->pause, resume_cb);
+    for (size_t i = 0; i < n; i++) {
+        struct listener *l = listener_new(srv, fds[i]);
+        if (!l) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        srv->listeners[i] = l;
+        srv->nlisteners = i + 1;
         ev_io_start(srv->loop, &l->w);
         log_info("listening on %s", l->name);
     }
-    srv->nlisteners = cfg->nlisten;
-    srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (srv->spare_fd == -1)
+        srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     return 0;
 }
 
-void listeners_close(struct server *srv) {
+static bool same_addr(const struct listener *l, const struct listen_addr *la) {
+    const struct sockaddr *a = (const struct sockaddr *)&l->addr;
+    const struct sockaddr *b = (const struct sockaddr *)&la->ss;
+    if (l->len == 0 || a->sa_family != b->sa_family)
+        return false;
+    if (a->sa_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a,
+                                 *y = (const struct sockaddr_in *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a,
+                              *y = (const struct sockaddr_in6 *)b;
+    return x->sin6_port == y->sin6_port &&
+           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+}
+
+static struct listener *find_listener(struct server *srv, const struct listen_addr *la) {
+    for (size_t i = 0; i < srv->nlisteners; i++)
+        if (srv->listeners[i] && same_addr(srv->listeners[i], la))
+            return srv->listeners[i];
+    return NULL;
+}
+
+bool listeners_match(struct server *srv, const struct config *cfg) {
+    if (cfg->nlisten != srv->nlisteners)
+        return false;
+    for (size_t i = 0; i < cfg->nlisten; i++)
+        if (!find_listener(srv, &cfg->listen[i]))
+            return false;
+    return true;
+}
+
+int listeners_update(struct server *srv, const struct config *cfg, bool reuseport, char *err,
+                     size_t errlen) {
+    struct listener **next = calloc(cfg->nlisten ? cfg->nlisten : 1, sizeof *next);
+    bool *fresh = calloc(cfg->nlisten ? cfg->nlisten : 1, sizeof *fresh);
+    if (!next || !fresh) {
+        free(next);
+        free(fresh);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    /* Bind what is new first: if any address fails, nothing has changed. */
+    for (size_t i = 0; i < cfg->nlisten; i++) {
+        next[i] = find_listener(srv, &cfg->listen[i]);
+        if (next[i])
+            continue;
+        const struct listen_addr *la = &cfg->listen[i];
+        char name[ADDR_TEXT_MAX], why[128];
+        int fd = net_listen((const struct sockaddr *)&la->ss, la->len, LISTEN_BACKLOG, reuseport,
+                            why, sizeof why);
+        if (fd == -1 || !(next[i] = listener_new(srv, fd))) {
+            addr_format((const struct sockaddr *)&la->ss, true, name, sizeof name);
+            snprintf(err, errlen, "listen %s: %s", name, fd == -1 ? why : "out of memory");
+            if (fd != -1)
+                close(fd);
+            for (size_t j = 0; j < i; j++)
+                if (fresh[j])
+                    listener_free(srv, next[j], false);
+            free(next);
+            free(fresh);
+            return -1;
+        }
+        fresh[i] = true;
+    }
+    /* Close what is gone, start what is new. */
     for (size_t i = 0; i < srv->nlisteners; i++) {
-        struct listener *l = &srv->listeners[i];
-        ev_io_stop(srv->loop, &l->w);
-        ev_timer_stop(srv->loop, &l->pause);
-        close(l->fd);
+        struct listener *l = srv->listeners[i];
+        bool kept = false;
+        for (size_t j = 0; j < cfg->nlisten; j++)
+            kept |= next[j] == l;
+        if (!kept) {
+            log_info("no longer listening on %s", l->name);
+            srv->listeners[i] = NULL;
+            listener_free(srv, l, true);
+        }
+    }
+    for (size_t i = 0; i < cfg->nlisten; i++) {
+        if (fresh[i]) {
+            if (!srv->draining)
+                ev_io_start(srv->loop, &next[i]->w);
+            log_info("listening on %s", next[i]->name);
+        }
+    }
+    free(srv->listeners);
+    free(fresh);
+    srv->listeners = next;
+    srv->nlisteners = cfg->nlisten;
+    return 0;
+}
+
+size_t listeners_fds(const struct server *srv, int *fds, size_t max) {
+    size_t n = 0;
+    for (size_t i = 0; i < srv->nlisteners && n < max; i++)
+        if (srv->listeners[i])
+            fds[n++] = srv->listeners[i]->fd;
+    return n;
+}
+
+void listeners_close(struct server *srv, bool serve_queued) {
+    for (size_t i = 0; i < srv->nlisteners; i++) {
+        struct listener *l = srv->listeners[i];
+        srv->listeners[i] = NULL;
+        if (l)
+            listener_free(srv, l, serve_queued);
     }
     free(srv->listeners);
     srv->listeners = NULL;

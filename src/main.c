@@ -6,24 +6,71 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pwd.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <systemd/sd-daemon.h>
 
 #include "config.h"
 #include "listener.h"
 #include "log.h"
 #include "master.h"
 #include "passwd.h"
+#include "privdrop.h"
 #include "server.h"
 
 #define CONNECTD_VERSION "0.1.0"
 #define DEFAULT_CONFIG   "/etc/connectd/proxy.ini"
 
-/* [server] workers: a number, or auto = one per online CPU. */
-static unsigned config_workers(const struct config *cfg) {
-    if (cfg->workers > 0)
-        return cfg->workers;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 && n <= 64 ? (unsigned)n : 1;
+/* -t: the user to switch to must exist. */
+static int check_user(const struct config *cfg, char *err, size_t errlen) {
+    if (!cfg->user || strcmp(cfg->user, "root") == 0)
+        return 0;
+    errno = 0;
+    if (!getpwnam(cfg->user)) {
+        snprintf(err, errlen, "[server] user %s: %s", cfg->user,
+                 errno ? strerror(errno) : "no such user");
+        return -1;
+    }
+    return 0;
+}
+
+/* Listening sockets passed by systemd (socket activation). Returns 1 with *fds set, 0 when
+ * there are none, -1 with err when they are not usable. */
+static int systemd_sockets(int **fds, size_t *nfds, char *err, size_t errlen) {
+    int n = sd_listen_fds(1);
+    if (n < 0) {
+        snprintf(err, errlen, "socket activation: sd_listen_fds: %s", strerror(-n));
+        return -1;
+    }
+    if (n == 0)
+        return 0;
+    int *v = calloc((size_t)n, sizeof *v);
+    if (!v) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        int fd = SD_LISTEN_FDS_START + i;
+        if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0) {
+            snprintf(err, errlen, "socket activation: fd %d is not a listening stream socket", fd);
+            free(v);
+            return -1;
+        }
+        int fl = fcntl(fd, F_GETFL);
+        if (fl == -1 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) == -1 ||
+            fcntl(fd, F_SETFD, FD_CLOEXEC) == -1) {
+            snprintf(err, errlen, "socket activation: fd %d: fcntl: %s", fd, strerror(errno));
+            free(v);
+            return -1;
+        }
+        v[i] = fd;
+    }
+    *fds = v;
+    *nfds = (size_t)n;
+    log_info("socket activation: %d listening sockets from systemd; [server] listen not used", n);
+    return 1;
 }
 
 static void usage(FILE *out) {
@@ -86,9 +133,13 @@ int main(int argc, char **argv) {
         return 1;
     }
     if (check_only) {
-        fprintf(stderr, "connectd: %s: configuration ok\n", path);
+        int rc = check_user(&cfg, err, sizeof err);
+        if (rc == 0)
+            fprintf(stderr, "connectd: %s: configuration ok\n", path);
+        else
+            fprintf(stderr, "connectd: %s: %s\n", path, err);
         config_free(&cfg);
-        return 0;
+        return rc == 0 ? 0 : 1;
     }
 
     log_init(cfg.log_level);
@@ -105,34 +156,64 @@ int main(int argc, char **argv) {
     sigemptyset(&hold);
     sigaddset(&hold, SIGTERM);
     sigaddset(&hold, SIGINT);
+    sigaddset(&hold, SIGQUIT);
     sigaddset(&hold, SIGHUP);
     sigaddset(&hold, SIGUSR1);
     sigprocmask(SIG_BLOCK, &hold, NULL);
-    unsigned workers = config_workers(&cfg);
-    int *fds = calloc((size_t)workers * cfg.nlisten, sizeof *fds);
-    if (!fds) {
-        log_error("out of memory");
+    unsigned workers = master_workers(&cfg);
+    int *fds = NULL;
+    size_t nfds = 0;
+    int activated = systemd_sockets(&fds, &nfds, err, sizeof err);
+    if (activated == -1) {
+        log_error("%s", err);
         return 1;
     }
-    /* Bind before anything else, so a taken port fails the start at once. With several workers
-     * each gets its own socket per address (SO_REUSEPORT), which the master keeps open: a
-     * restarted worker takes over its predecessor's socket and backlog. */
-    for (unsigned w = 0; w < workers; w++) {
-        if (listeners_bind(&cfg, workers > 1, fds + (size_t)w * cfg.nlisten, err, sizeof err) ==
-            -1) {
-            log_error("%s", err);
+    if (!activated) {
+        /* Bind before anything else, so a taken port fails the start at once. With several
+         * workers each gets its own socket per address (SO_REUSEPORT), which the master keeps
+         * open: a restarted worker takes over its predecessor's socket and backlog. */
+        nfds = cfg.nlisten;
+        fds = calloc((size_t)workers * nfds, sizeof *fds);
+        if (!fds) {
+            log_error("out of memory");
             return 1;
         }
+        for (unsigned w = 0; w < workers; w++) {
+            if (listeners_bind(&cfg, workers > 1, fds + (size_t)w * nfds, err, sizeof err) == -1) {
+                log_error("%s", err);
+                return 1;
+            }
+        }
+    }
+    /* The sockets are bound and the files read: root is no longer needed. */
+    if (privdrop(cfg.user, err, sizeof err) != 0) {
+        log_error("%s", err);
+        sd_notifyf(0, "STATUS=%s", err);
+        return 1;
     }
     int rc;
     if (workers == 1) {
         log_info("connectd %s starting", CONNECTD_VERSION);
-        rc = server_run(&cfg, fds, cfg.max_connections);
+        struct server_opts o = {.config_path = path,
+                                .cfg = &cfg,
+                                .fds = fds,
+                                .nfds = nfds,
+                                .max_connections = cfg.max_connections,
+                                .workers = 1,
+                                .own_listeners = !activated,
+                                .notify = true};
+        rc = server_run(&o);
+        free(fds);
     } else {
         log_info("connectd %s starting %u workers", CONNECTD_VERSION, workers);
-        rc = master_run(&cfg, workers, fds);
+        struct master_opts o = {.config_path = path,
+                                .cfg = &cfg,
+                                .workers = workers,
+                                .fds = fds,
+                                .nfds = nfds,
+                                .shared_fds = activated};
+        rc = master_run(&o);
     }
-    free(fds);
     log_close();
     config_free(&cfg);
     return rc;

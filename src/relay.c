@@ -237,7 +237,7 @@ static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *s
     if (n > 0) {
         buf_produce(b, (size_t)n);
         t->last_active = ev_now(loop);
-        if (n >= BULK_THRESHOLD && t->srv->cfg->relay == RELAY_AUTO)
+        if (n >= BULK_THRESHOLD && t->gen->cfg.relay == RELAY_AUTO)
             src->bulk = true; /* later reads, once this buffer drains, use splice */
         if (ev_is_active(&src->peer->ww)) {
             /* The peer is not writable yet: keep filling, stop when full. */
@@ -351,7 +351,7 @@ int relay_start(struct tunnel *t, const char *reply, size_t replylen, const char
     if (seed(t->srv, &t->upstream, reply, replylen) == -1 ||
         seed(t->srv, &t->client, early, earlylen) == -1)
         return -1;
-    bool bulk = t->srv->cfg->relay == RELAY_SPLICE;
+    bool bulk = t->gen->cfg.relay == RELAY_SPLICE;
     t->client.bulk = t->upstream.bulk = bulk;
     t->state = TUNNEL_RELAY;
     t->last_active = ev_now(loop);
@@ -363,7 +363,7 @@ int relay_start(struct tunnel *t, const char *reply, size_t replylen, const char
     ev_set_cb(&t->client.ww, write_cb);
     ev_set_cb(&t->upstream.ww, write_cb);
     ev_timer_stop(loop, &t->timer);
-    ev_timer_set(&t->timer, t->srv->cfg->timeout_idle, 0.);
+    ev_timer_set(&t->timer, t->gen->cfg.timeout_idle, 0.);
     ev_timer_start(loop, &t->timer);
     /* Either flush may close the tunnel (the close reason then says why); the second must not
      * run on a closed tunnel. */

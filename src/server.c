@@ -1,4 +1,4 @@
-/* server: one process's event loop: listeners, tunnels, resolver, signals, drain. */
+/* server: one process's event loop: listeners, tunnels, signals, reload, drain. */
 #include "server.h"
 
 #include <errno.h>
@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
+
+#include <systemd/sd-daemon.h>
 
 #include "auth_service.h"
 #include "clients.h"
@@ -44,16 +47,30 @@ void server_drain(struct server *srv) {
     if (srv->draining)
         return;
     srv->draining = true;
-    listeners_close(srv);
+    if (srv->notify)
+        sd_notify(0, "STOPPING=1");
+    listeners_close(srv, true);
     tunnel_refuse_handshakes(srv);
     log_info("shutting down: %u tunnels open, waiting up to %.0fs", srv->active,
-             srv->cfg->timeout_shutdown);
+             srv->gen->cfg.timeout_shutdown);
     if (!srv->live) {
         ev_break(srv->loop, EVBREAK_ALL);
         return;
     }
-    ev_timer_init(&srv->drain_timer, drain_timeout_cb, srv->cfg->timeout_shutdown, 0.);
+    ev_timer_set(&srv->drain_timer, srv->gen->cfg.timeout_shutdown, 0.);
     ev_timer_start(srv->loop, &srv->drain_timer);
+}
+
+/* A worker being replaced (the master got a reload that changed the listen addresses): stop
+ * accepting, let every tunnel, handshakes included, run to its end, then exit. */
+static void server_retire(struct server *srv) {
+    if (srv->draining)
+        return;
+    srv->draining = true;
+    listeners_close(srv, true);
+    log_info("retiring: no longer accepting; %u tunnels open will finish", srv->active);
+    if (!srv->live)
+        ev_break(srv->loop, EVBREAK_ALL);
 }
 
 static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents) {
@@ -61,14 +78,18 @@ static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents) {
     (void)revents;
     struct server *srv = w->data;
     log_info("received %s", strsignal(w->signum));
-    server_drain(srv);
+    if (w->signum == SIGQUIT)
+        server_retire(srv);
+    else
+        server_drain(srv);
 }
 
 static void sweep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)loop;
     (void)revents;
     struct server *srv = container_of(w, struct server, sweep_timer);
-    clients_sweep(srv->clients, ev_now(loop));
+    if (srv->clients)
+        clients_sweep(srv->clients, ev_now(loop));
 }
 
 static void usr1_cb(struct ev_loop *loop, ev_signal *w, int revents) {
@@ -79,11 +100,15 @@ static void usr1_cb(struct ev_loop *loop, ev_signal *w, int revents) {
         log_info("SIGUSR1: access log reopened");
 }
 
-static void hup_cb(struct ev_loop *loop, ev_signal *w, int revents) {
+/* STATUS= for `systemctl status`, and the worker's count for the master's. */
+static void status_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)loop;
     (void)revents;
-    (void)w;
-    log_warn("SIGHUP: configuration reload is not supported in this version; ignored");
+    struct server *srv = container_of(w, struct server, status_timer);
+    if (srv->shared_active)
+        __atomic_store_n(srv->shared_active, (unsigned long)srv->active, __ATOMIC_RELAXED);
+    if (srv->notify)
+        sd_notifyf(0, "STATUS=%u tunnels open", srv->active);
 }
 
 /* Each tunnel needs two fds; raise the soft limit as far as the hard limit allows, and serve
@@ -117,89 +142,171 @@ static unsigned fit_fd_limit(unsigned want) {
 
 /* Free what server_run() set up; each part may be absent. */
 static void server_free(struct server *srv) {
-    listeners_close(srv);
+    listeners_close(srv, false);
     tunnel_reap(srv);
-    dns_free(srv->dns);
     relay_pool_free(srv);
     clients_free(srv->clients);
-    auth_service_free(srv->auth);
     loopguard_free(srv->loopguard);
+    gen_unref(srv->gen);
+    srv->gen = NULL;
 }
 
-int server_run(const struct config *cfg, const int *listen_fds, unsigned max_connections) {
+/* Per-client limits follow the current configuration; the table is made when first needed. */
+static int apply_client_limits(struct server *srv, const struct config *cfg) {
+    if (!srv->clients && (cfg->per_client_connections || cfg->per_client_rate)) {
+        srv->clients = clients_new(cfg->per_client_connections, cfg->per_client_rate);
+        if (!srv->clients)
+            return -1;
+        ev_timer_set(&srv->sweep_timer, 10., 10.);
+        ev_timer_start(srv->loop, &srv->sweep_timer);
+    } else if (srv->clients) {
+        clients_set_limits(srv->clients, cfg->per_client_connections, cfg->per_client_rate);
+    }
+    return 0;
+}
+
+static int rebuild_loopguard(struct server *srv, char *err, size_t errlen) {
+    int fds[256];
+    size_t n = listeners_fds(srv, fds, sizeof fds / sizeof fds[0]);
+    struct loopguard *g = loopguard_new(fds, n, err, errlen);
+    if (!g)
+        return -1;
+    loopguard_free(srv->loopguard);
+    srv->loopguard = g;
+    return 0;
+}
+
+/* SIGHUP: read the configuration again. All or nothing: until every part of the new one is in
+ * place (config, policy and users files, listeners, resolver), the old one keeps serving. */
+static void reload(struct server *srv) {
+    char err[CONFIG_ERR_MAX];
+    struct config nc;
+    if (srv->notify)
+        sd_notify(0, "RELOADING=1");
+    if (config_load_file(srv->config_path, &nc, err, sizeof err) != 0) {
+        log_error("reload: %s; still serving the previous configuration", err);
+        goto done;
+    }
+    bool relisten = !listeners_match(srv, &nc);
+    if (relisten && !srv->own_listeners) {
+        log_warn("reload: [server] listen changed, but the listening sockets are %s; "
+                 "keeping them",
+                 srv->shared_active ? "the master's" : "systemd's");
+        relisten = false;
+    }
+    if (relisten && listeners_update(srv, &nc, false, err, sizeof err) != 0) {
+        log_error("reload: %s; still serving the previous configuration", err);
+        config_free(&nc);
+        goto done;
+    }
+    if (relisten && rebuild_loopguard(srv, err, sizeof err) != 0)
+        log_error("reload: loop guard: %s", err);
+    enum log_level level = nc.log_level;
+    struct gen *g = gen_new(srv->loop, &nc, err, sizeof err);
+    if (!g) {
+        log_error("reload: %s; still serving the previous configuration", err);
+        goto done;
+    }
+    const struct config *cfg = &g->cfg;
+    if (strcmp(cfg->access_log, srv->gen->cfg.access_log) != 0 &&
+        log_access_open(cfg->access_log, err, sizeof err) != 0)
+        log_error("reload: %s; the access log stays where it was", err);
+    log_set_level(level);
+    if (apply_client_limits(srv, cfg) != 0)
+        log_error("reload: out of memory for per-client limits");
+    srv->max_active = fit_fd_limit((cfg->max_connections + srv->workers - 1) / srv->workers);
+    struct gen *old = srv->gen;
+    srv->gen = g;
+    gen_unref(old); /* freed with the last tunnel that still uses it */
+    log_info("reloaded %s", srv->config_path);
+done:
+    if (srv->notify)
+        sd_notify(0, "READY=1");
+}
+
+static void hup_cb(struct ev_loop *loop, ev_signal *w, int revents) {
+    (void)loop;
+    (void)revents;
+    reload(w->data);
+}
+
+int server_run(const struct server_opts *o) {
     char err[CONFIG_ERR_MAX];
     struct server srv;
     int rc = 1;
     memset(&srv, 0, sizeof srv);
     srv.spare_fd = -1;
-    srv.cfg = cfg;
-    srv.max_active = fit_fd_limit(max_connections);
+    srv.config_path = o->config_path;
+    srv.own_listeners = o->own_listeners;
+    srv.notify = o->notify;
+    srv.shared_active = o->shared_active;
+    srv.workers = o->workers ? o->workers : 1;
     srv.loop = ev_default_loop(EVFLAG_AUTO);
     if (!srv.loop) {
         log_error("cannot initialise the event loop");
+        config_free(o->cfg);
         return 1;
     }
     log_attach_loop(srv.loop);
     ev_prepare_init(&srv.reaper, reaper_cb);
     ev_init(&srv.drain_timer, drain_timeout_cb);
     ev_init(&srv.sweep_timer, sweep_cb);
+    ev_timer_init(&srv.status_timer, status_cb, 0., 2.);
 
-    struct dns_config dc = {
-        .servers = cfg->dns_servers, .timeout = cfg->timeout_dns, .cache_size = cfg->dns_cache};
-    srv.dns = dns_new(srv.loop, &dc, err, sizeof err);
-    if (!srv.dns)
+    srv.gen = gen_new(srv.loop, o->cfg, err, sizeof err);
+    if (!srv.gen)
         goto fail;
-    srv.loopguard = loopguard_new(listen_fds, cfg->nlisten, err, sizeof err);
-    if (!srv.loopguard)
+    srv.max_active = fit_fd_limit(o->max_connections);
+    if (apply_client_limits(&srv, &srv.gen->cfg) != 0) {
+        snprintf(err, sizeof err, "out of memory");
         goto fail;
-    if (cfg->users_file) {
-        srv.auth = auth_service_new(srv.loop, &cfg->users, err, sizeof err);
-        if (!srv.auth)
-            goto fail;
     }
-    if (cfg->per_client_connections || cfg->per_client_rate) {
-        srv.clients = clients_new(cfg->per_client_connections, cfg->per_client_rate);
-        if (!srv.clients) {
-            snprintf(err, sizeof err, "out of memory");
-            goto fail;
-        }
-        ev_timer_set(&srv.sweep_timer, 10., 10.);
-        ev_timer_start(srv.loop, &srv.sweep_timer);
-    }
-    if (listeners_start(&srv, listen_fds, err, sizeof err) == -1)
+    if (listeners_start(&srv, o->fds, o->nfds, err, sizeof err) == -1)
+        goto fail;
+    if (rebuild_loopguard(&srv, err, sizeof err) != 0)
         goto fail;
 
-    ev_signal sigterm, sigint, sighup, sigusr1;
+    ev_signal sigterm, sigint, sigquit, sighup, sigusr1;
     ev_signal_init(&sigterm, stop_cb, SIGTERM);
     ev_signal_init(&sigint, stop_cb, SIGINT);
+    ev_signal_init(&sigquit, stop_cb, SIGQUIT);
     ev_signal_init(&sighup, hup_cb, SIGHUP);
     ev_signal_init(&sigusr1, usr1_cb, SIGUSR1);
-    sigterm.data = sigint.data = &srv;
+    sigterm.data = sigint.data = sigquit.data = sighup.data = &srv;
     ev_signal_start(srv.loop, &sigterm);
     ev_signal_start(srv.loop, &sigint);
+    ev_signal_start(srv.loop, &sigquit);
     ev_signal_start(srv.loop, &sighup);
     ev_signal_start(srv.loop, &sigusr1);
+    ev_timer_again(srv.loop, &srv.status_timer);
     sigset_t held;
     sigemptyset(&held);
     sigaddset(&held, SIGTERM);
     sigaddset(&held, SIGINT);
+    sigaddset(&held, SIGQUIT);
     sigaddset(&held, SIGHUP);
     sigaddset(&held, SIGUSR1);
     sigprocmask(SIG_UNBLOCK, &held, NULL); /* main held them until now */
     log_info("ready (max_connections %u%s)", srv.max_active,
-             srv.auth ? ", proxy authentication on" : "");
+             srv.gen->auth ? ", proxy authentication on" : "");
+    if (srv.notify)
+        sd_notify(0, "READY=1\nSTATUS=0 tunnels open");
 
     ev_run(srv.loop, 0);
 
     log_info("stopped");
+    ev_timer_stop(srv.loop, &srv.status_timer);
     ev_signal_stop(srv.loop, &sigterm);
     ev_signal_stop(srv.loop, &sigint);
+    ev_signal_stop(srv.loop, &sigquit);
     ev_signal_stop(srv.loop, &sighup);
     ev_signal_stop(srv.loop, &sigusr1);
     rc = 0;
     goto done;
 fail:
     log_error("%s", err);
+    if (srv.notify)
+        sd_notifyf(0, "STATUS=failed to start: %s", err);
 done:
     ev_timer_stop(srv.loop, &srv.drain_timer);
     ev_timer_stop(srv.loop, &srv.sweep_timer);

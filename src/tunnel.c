@@ -157,7 +157,7 @@ static void refuse_with(struct tunnel *t, int status, const char *proxy_error, c
         hs->dnsq = NULL;
     }
     if (hs->authw) {
-        auth_service_cancel(t->srv->auth, hs->authw);
+        auth_service_cancel(t->gen->auth, hs->authw);
         hs->authw = NULL;
     }
     if (t->upstream.fd != -1) {
@@ -197,7 +197,7 @@ static void refuse(struct tunnel *t, int status, const char *proxy_error, const 
 static void refuse_auth(struct tunnel *t, const char *details, const char *reason) {
     char challenge[160];
     snprintf(challenge, sizeof challenge,
-             "Proxy-Authenticate: Basic realm=\"%s\", charset=\"UTF-8\"\r\n", t->srv->cfg->realm);
+             "Proxy-Authenticate: Basic realm=\"%s\", charset=\"UTF-8\"\r\n", t->gen->cfg.realm);
     refuse_with(t, 407, "http_request_denied", NULL, details, reason, challenge);
 }
 
@@ -258,7 +258,7 @@ static void dns_done(void *arg, enum dns_status status, const struct dns_answer 
     }
     hs->ans = *ans;
     hs->next_addr = 0;
-    hs->connect_deadline = ev_now(t->srv->loop) + t->srv->cfg->timeout_connect;
+    hs->connect_deadline = ev_now(t->srv->loop) + t->gen->cfg.timeout_connect;
     t->state = TUNNEL_CONNECTING;
     dial_next(t);
 }
@@ -276,7 +276,7 @@ static void rule_query(const struct tunnel *t, struct rule_query *q) {
  * proxy.ini's lists. Then dial an IP literal, or resolve a name. */
 static void policy_step(struct tunnel *t) {
     struct handshake *hs = t->hs;
-    const struct config *cfg = t->srv->cfg;
+    const struct config *cfg = &t->gen->cfg;
     const struct http_request *req = &hs->parser.req;
     bool is_ip = req->host_kind != HTTP_HOST_NAME;
     struct rule_query q;
@@ -332,7 +332,7 @@ static void policy_step(struct tunnel *t) {
     }
     t->state = TUNNEL_RESOLVING;
     arm_timer(t, cfg->timeout_dns);
-    hs->dnsq = dns_lookup(t->srv->dns, req->host, req->port, dns_done, t);
+    hs->dnsq = dns_lookup(t->gen->dns, req->host, req->port, dns_done, t);
     if (!hs->dnsq)
         refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
 }
@@ -340,26 +340,25 @@ static void policy_step(struct tunnel *t) {
 static void auth_step(struct tunnel *t);
 
 static void auth_result(struct tunnel *t, enum auth_result res, const char *user) {
-    struct server *srv = t->srv;
     char client[ADDR_TEXT_MAX], name[3 * AUTH_USER_MAX + 1];
     const struct auth_user *u;
 
     switch (res) {
     case AUTH_OK:
-        u = auth_users_find(&srv->cfg->users, user);
+        u = auth_users_find(&t->gen->cfg.users, user);
         if (!u) { /* cannot happen: the service only knows the config's users */
             refuse(t, 500, "proxy_internal_error", NULL, "unknown user", "auth_error");
             return;
         }
         t->user = u->name;
-        auth_service_succeeded(srv->auth, &t->peer.sa);
+        auth_service_succeeded(t->gen->auth, &t->peer.sa);
         policy_step(t);
         return;
     case AUTH_MISSING:
         refuse_auth(t, "proxy credentials required", "auth_required");
         return;
     case AUTH_BAD:
-        auth_service_failed(srv->auth, &t->peer.sa);
+        auth_service_failed(t->gen->auth, &t->peer.sa);
         addr_format(&t->peer.sa, false, client, sizeof client);
         log_escape(name, sizeof name, user ? user : "", user ? strlen(user) : 0);
         log_warn("auth: wrong credentials for user '%s' from %s", name, client);
@@ -370,7 +369,7 @@ static void auth_result(struct tunnel *t, enum auth_result res, const char *user
         return;
     case AUTH_PENDING:
         t->state = TUNNEL_AUTHENTICATING;
-        arm_timer(t, srv->cfg->timeout_handshake);
+        arm_timer(t, t->gen->cfg.timeout_handshake);
         return;
     }
 }
@@ -384,17 +383,16 @@ static void auth_done(void *arg, enum auth_result res, const char *user) {
 /* Credentials first (when [auth] is on): policy rules may name users. A client with recent
  * failures is held back before its attempt is even looked at. */
 static void auth_step(struct tunnel *t) {
-    struct server *srv = t->srv;
     struct handshake *hs = t->hs;
     const struct http_request *req = &hs->parser.req;
     const char *user = NULL;
 
-    if (!srv->auth) {
+    if (!t->gen->auth) {
         policy_step(t);
         return;
     }
     if (!hs->auth_held) {
-        double hold = auth_service_penalty(srv->auth, &t->peer.sa);
+        double hold = auth_service_penalty(t->gen->auth, &t->peer.sa);
         if (hold > 0) {
             hs->auth_held = true;
             t->state = TUNNEL_AUTHENTICATING;
@@ -402,7 +400,7 @@ static void auth_step(struct tunnel *t) {
             return;
         }
     }
-    enum auth_result res = auth_service_check(srv->auth, hs->req + req->proxy_auth_off,
+    enum auth_result res = auth_service_check(t->gen->auth, hs->req + req->proxy_auth_off,
                                               req->proxy_auth_len, &user, auth_done, t, &hs->authw);
     auth_result(t, res, user);
 }
@@ -590,7 +588,7 @@ enum verdict {
  * or the rules that needed an address, or proxy.ini's lists. */
 static enum verdict addr_verdict(struct tunnel *t, const struct sockaddr *sa, const char **cls) {
     struct handshake *hs = t->hs;
-    const struct config *cfg = t->srv->cfg;
+    const struct config *cfg = &t->gen->cfg;
     const struct rule *r = hs->rule;
 
     if (loopguard_hits(t->srv->loopguard, sa, ev_now(t->srv->loop))) {
@@ -718,7 +716,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         return;
     case TUNNEL_RELAY: {
         /* The timer is not pushed back on every byte; on expiry, check real inactivity. */
-        ev_tstamp idle = t->srv->cfg->timeout_idle;
+        ev_tstamp idle = t->gen->cfg.timeout_idle;
         ev_tstamp due = t->last_active + idle;
         ev_tstamp now = ev_now(loop);
         if (due > now) {
@@ -747,7 +745,7 @@ struct refusal {
 
 static bool admission(struct server *srv, const struct sockaddr *peer, struct client_entry **ce,
                       struct refusal *r) {
-    const struct config *cfg = srv->cfg;
+    const struct config *cfg = &srv->gen->cfg;
     *ce = NULL;
     if (!policy_client_allowed(&cfg->access, peer)) {
         *r = (struct refusal){403, "http_request_denied", "client not allowed", "denied_client"};
@@ -775,7 +773,7 @@ static bool admission(struct server *srv, const struct sockaddr *peer, struct cl
 }
 
 void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
-    const struct config *cfg = srv->cfg;
+    const struct config *cfg = &srv->gen->cfg;
     struct client_entry *ce;
     struct refusal r;
     /* Decide before counting: a refused client must not hold one of max_connections' slots. */
@@ -800,6 +798,8 @@ void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
         return;
     }
     t->srv = srv;
+    t->gen = srv->gen;
+    gen_ref(t->gen);
     t->hs = hs;
     t->ce = ce;
     hs->req = hs->inline_req;
@@ -886,7 +886,7 @@ void tunnel_close(struct tunnel *t, const char *reason) {
         t->hs->dnsq = NULL;
     }
     if (t->hs && t->hs->authw) {
-        auth_service_cancel(srv->auth, t->hs->authw);
+        auth_service_cancel(t->gen->auth, t->hs->authw);
         t->hs->authw = NULL;
     }
     endpoint_close(srv, &t->client);
@@ -918,6 +918,7 @@ void tunnel_reap(struct server *srv) {
         handshake_free(t->hs);
         if (t->target != t->target_short)
             free(t->target);
+        gen_unref(t->gen); /* after the handshake: it may hold a DNS query of that generation */
         free(t);
     }
     ev_prepare_stop(srv->loop, &srv->reaper);

@@ -33,7 +33,7 @@ READY_TIMEOUT = 5.0
 # The config every test starts from; tests override single keys. Loopback upstreams need
 # deny_private = no; DNS always goes to the test's own responder.
 BASE_CONFIG = {
-    "server": {"listen": None},
+    "server": {"listen": None, "user": "root"},  # tests run as root; the drop has its own tests
     "access": {
         "allow_ports": "1-65535",
         "allow_hosts": "*",

@@ -44,7 +44,7 @@ def test_wildcard_listener_refuses_every_local_address(netns, connectd_bin, tmp_
     spec = {"records": {"self.test": ["10.0.0.1"]}, "traps": [], "requests": targets}
 
     def config_for(dns_port):
-        return ("[server]\nlisten = 0.0.0.0:3128\n"
+        return ("[server]\nlisten = 0.0.0.0:3128\nuser = root\n"
                 "[access]\nallow_ports = 1-65535\ndeny_private = no\n"
                 f"[dns]\nservers = 127.0.0.1:{dns_port}\n"
                 f"[log]\naccess_log = {tmp_path / 'access.log'}\n")

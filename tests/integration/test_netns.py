@@ -55,7 +55,7 @@ def _run_in(ns, connectd_bin, tmp_path, target):
     port = 3128
     cfg = tmp_path / "ns.ini"
     cfg.write_text(
-        "[server]\nlisten = 127.0.0.1:%d\n"
+        "[server]\nlisten = 127.0.0.1:%d\nuser = root\n"
         "[access]\nallow_ports = 1-65535\ndeny_private = no\n"
         "[dns]\nservers = 127.0.0.1:53\n"
         "[timeouts]\nconnect = 3s\n"
