@@ -137,7 +137,8 @@ def merge(base, overrides):
 
 
 class Proxy:
-    def __init__(self, binary, workdir, name, config_text, listen_host, port, extra_ports):
+    def __init__(self, binary, workdir, name, config_text, listen_host, port, extra_ports,
+                 env=None):
         self.binary = binary
         self.host = listen_host
         self.port = port
@@ -150,13 +151,38 @@ class Proxy:
             f.write(config_text)
         self.config_text = config_text
         self._stderr = open(self.stderr_path, "wb")
+        penv = None
+        if env:
+            penv = dict(os.environ)
+            penv.update(env)
         self.proc = subprocess.Popen([binary, "-c", self.config_path], stdin=subprocess.DEVNULL,
-                                     stdout=self._stderr, stderr=self._stderr)
+                                     stdout=self._stderr, stderr=self._stderr, env=penv)
         self.pid = self.proc.pid
         self.clients = []
         self.probes = []  # local addresses of readiness probes, left out of log_lines()
         self.stopped = False  # the test stopped it on purpose
         self.t_start = time.monotonic()
+
+    def rewrite_config(self, overrides=None, text=None):
+        """Change the config file on disk (for SIGHUP): overrides applied to the current text,
+        or a whole new text."""
+        self.config_text = text if text is not None else apply_ini_overrides(self.config_text,
+                                                                             overrides or {})
+        tmp = self.config_path + ".new"
+        with open(tmp, "w") as f:
+            f.write(self.config_text)
+        os.replace(tmp, self.config_path)
+
+    def wait_log(self, needle, count=1, timeout=5.0):
+        """Wait (bounded) until stderr holds needle at least count times; returns the text."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.stderr_text()
+            if text.count(needle) >= count:
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{needle!r} x{count} not in stderr:\n{text[-3000:]}")
+            time.sleep(0.05)
 
     def wait_ready(self, timeout=READY_TIMEOUT):
         if not wait_port(self.host, self.port, timeout, self.proc, self.probes):
@@ -282,7 +308,7 @@ def start_proxy(connectd_bin, tmp_path, dns, request):
     procs = []
     request.node._connectd_proxies = procs
 
-    def make(overrides=None, base_text=None, listen=None, wait=True, dns_servers=None):
+    def make(overrides=None, base_text=None, listen=None, wait=True, dns_servers=None, env=None):
         n = len(procs)
         host = LOOPBACK4
         if listen is not None and listen.startswith("["):
@@ -312,7 +338,7 @@ def start_proxy(connectd_bin, tmp_path, dns, request):
         else:
             text = apply_ini_overrides(base_text, forced)
             text = apply_ini_overrides(text, overrides or {})
-        p = Proxy(connectd_bin, str(tmp_path), name, text, host, port, [])
+        p = Proxy(connectd_bin, str(tmp_path), name, text, host, port, [], env=env)
         procs.append(p)
         if wait:
             p.wait_ready()
