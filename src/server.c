@@ -211,7 +211,6 @@ static void reload(struct server *srv) {
     if (strcmp(cfg->access_log, srv->gen->cfg.access_log) != 0 &&
         log_access_open(cfg->access_log, err, sizeof err) != 0)
         log_error("reload: %s; the access log stays where it was", err);
-    log_set_level(level);
     if (apply_client_limits(srv, cfg) != 0)
         log_error("reload: out of memory for per-client limits");
     srv->max_active = fit_fd_limit((cfg->max_connections + srv->workers - 1) / srv->workers);
@@ -219,6 +218,7 @@ static void reload(struct server *srv) {
     srv->gen = g;
     gen_unref(old); /* freed with the last tunnel that still uses it */
     log_info("reloaded %s", srv->config_path);
+    log_set_level(level); /* after saying so: a quieter level would hide the line */
 done:
     if (srv->notify)
         sd_notify(0, "READY=1");

@@ -195,3 +195,26 @@ def test_reload_reaches_every_worker(start_proxy, tcp_server):
     rc, killed = p.terminate()
     p.stopped = True
     assert not killed and rc == 0, rc
+
+
+def test_reload_switches_access_log_and_level(start_proxy, tcp_server, tmp_path):
+    srv = tcp_server(echo_handler)
+    p = start_proxy()
+    t = p.tunnel(srv.target())
+    t.close()
+    p.log_lines(1)
+    new_log = tmp_path / "switched.log"
+    p.rewrite_config({"log": {"access_log": str(new_log), "level": "warn"}})
+    p.signal(signal.SIGHUP)
+    p.wait_log("reloaded")
+    before = p.stderr_text()
+    t = p.tunnel(srv.target())
+    t.close()
+    deadline = time.monotonic() + 5
+    while not (new_log.exists() and "status=200" in new_log.read_text()):
+        assert time.monotonic() < deadline, "no access line in the new file"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    # level = warn: no more info/debug lines.
+    after = p.stderr_text()[len(before):]
+    assert "info:" not in after and "debug:" not in after, after
