@@ -36,7 +36,8 @@ PURE_OBJ := $(PURE_SRC:%.c=$(BUILD)/%.o)
 IO_OBJ   := $(IO_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: all deps deps-test run check unit integration format format-check lint asan bench install clean
+.PHONY: all deps deps-test run check unit integration format format-check lint asan bench install \
+        docs-check clean
 .DEFAULT_GOAL := all
 
 all: $(BIN)
@@ -91,6 +92,7 @@ check: deps-test
 	$(MAKE) lint
 	$(MAKE) unit
 	$(MAKE) integration
+	$(MAKE) docs-check
 
 asan: deps-test
 	$(MAKE) BUILD=build/asan BIN=build/asan/connectd \
@@ -101,11 +103,93 @@ asan: deps-test
 bench:
 	bench/run
 
+# Installs under $(DESTDIR): the binary in $(PREFIX)/sbin; in /etc/connectd the shipped
+# config as proxy.ini only when there is none (an operator's file is never replaced) and, always,
+# proxy.ini.example and policy.yaml.example; the systemd units with ExecStart= pointing at the
+# installed binary; the logrotate file (only when there is none); the man pages.
+UNITDIR ?= $(or $(shell pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null), \
+             /lib/systemd/system)
+MANDIR  ?= $(PREFIX)/share/man
+
 install: $(BIN)
-	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/connectd
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/connectd $(DESTDIR)$(UNITDIR) \
+	    $(DESTDIR)/etc/logrotate.d $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/connectd
 	install -m 0644 conf/proxy.ini $(DESTDIR)/etc/connectd/proxy.ini.example
 	install -m 0644 conf/policy.yaml $(DESTDIR)/etc/connectd/policy.yaml.example
+	@set -e; for f in /etc/connectd/proxy.ini:conf/proxy.ini \
+	    /etc/logrotate.d/connectd:conf/logrotate.d/connectd; do \
+	    dst=$(DESTDIR)$${f%%:*}; src=$${f#*:}; \
+	    if [ -e "$$dst" ]; then echo "keeping existing $$dst (the shipped one is $$src)"; \
+	    else echo "install -m 0644 $$src $$dst"; install -m 0644 "$$src" "$$dst"; fi; \
+	done
+	sed 's|/usr/local/sbin/connectd|$(PREFIX)/sbin/connectd|g' conf/connectd.service \
+	    > $(DESTDIR)$(UNITDIR)/connectd.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/connectd.service
+	install -m 0644 conf/connectd.socket $(DESTDIR)$(UNITDIR)/connectd.socket
+	install -m 0644 man/connectd.8 $(DESTDIR)$(MANDIR)/man8/connectd.8
+	install -m 0644 man/proxy.ini.5 $(DESTDIR)$(MANDIR)/man5/proxy.ini.5
+	@if [ -z "$(DESTDIR)" ]; then echo "next: systemctl daemon-reload &&" \
+	    "systemctl enable --now connectd.service (or connectd.socket); see connectd(8)"; fi
+
+# The documentation and service files, checked in a few seconds without installing anything:
+# both man pages lint-clean (mandoc -Tlint; only "referenced manual not found" is let through,
+# as it depends on which manuals this machine has installed), every section and key of
+# conf/proxy.ini documented in proxy.ini(5), the units valid (systemd-analyze verify, on a copy
+# whose ExecStart= is the built ./connectd) with a security exposure below SECURITY_MAX, and
+# the logrotate file parsed (logrotate -d), when logrotate is installed.
+SECURITY_MAX ?= 2.0
+
+docs-check:
+	@set -e; t=$$(mktemp -d); trap 'rm -rf "$$t"' EXIT; fail=0; \
+	for tool in mandoc systemd-analyze; do command -v $$tool >/dev/null || \
+	    { echo "docs-check: $$tool is missing (make deps-test installs it)"; exit 1; }; done; \
+	echo "== mandoc -Tlint man/connectd.8 man/proxy.ini.5"; \
+	out=$$(mandoc -Tlint man/connectd.8 man/proxy.ini.5 2>&1 | \
+	    grep -v -e 'STYLE: referenced manual not found' -e 'mandoc\.db' || true); \
+	if [ -n "$$out" ]; then echo "$$out"; fail=1; else echo "clean"; fi; \
+	echo "== proxy.ini(5) documents every section and key of conf/proxy.ini"; \
+	for sec in $$(sed -n 's/^\[\([a-z]*\)\].*/\1/p' conf/proxy.ini); do \
+	    grep -q "^\.Ss \[$$sec\]" man/proxy.ini.5 || { echo "missing section [$$sec]"; fail=1; }; \
+	done; \
+	for key in $$(sed -n 's/^\([a-z_]*\) *=.*/\1/p; s/^;   \([a-z_]*\) *=.*/\1/p' conf/proxy.ini); do \
+	    grep -q "^\.It Cm $$key\( No\|$$\)" man/proxy.ini.5 || { echo "missing key $$key"; fail=1; }; \
+	done; \
+	[ $$fail -eq 0 ] && echo "all documented"; \
+	bin=$(abspath $(BIN)); [ -x "$$bin" ] || bin=$(PREFIX)/sbin/connectd; \
+	[ -x "$$bin" ] || { echo "docs-check: build connectd first (make)"; exit 1; }; \
+	sed "s|/usr/local/sbin/connectd|$$bin|g" conf/connectd.service > $$t/connectd.service; \
+	cp conf/connectd.socket $$t/connectd.socket; \
+	echo "== systemd-analyze verify connectd.service connectd.socket (ExecStart=$$bin)"; \
+	for page in $$(sed -n 's/^Documentation=//p' conf/connectd.service conf/connectd.socket | \
+	    tr ' ' '\n' | sed -n 's/^man:\(connectd\|proxy\.ini\)(\([0-9]\))$$/\1.\2/p'); do \
+	    [ -f man/$$page ] || { echo "Documentation= names man/$$page, which does not exist"; fail=1; }; \
+	done; \
+	if out=$$(systemd-analyze verify --man=no $$t/connectd.service $$t/connectd.socket 2>&1); \
+	then if printf '%s\n' "$$out" | grep -q connectd; then echo "$$out"; fail=1; \
+	    else echo "clean"; [ -z "$$out" ] || echo "$$out"; fi; \
+	else echo "$$out"; fail=1; fi; \
+	echo "== systemd-analyze security --offline=true connectd.service (must be below $(SECURITY_MAX))"; \
+	out=$$(systemd-analyze security --no-pager --offline=true $$t/connectd.service 2>&1) || true; \
+	line=$$(printf '%s\n' "$$out" | grep 'Overall exposure level' || true); \
+	if [ -n "$$line" ]; then \
+	    level=$$(printf '%s\n' "$$line" | sed 's/.*: *\([0-9][0-9.]*\).*/\1/'); \
+	    echo "$$line"; \
+	    if ! awk -v l="$$level" -v m="$(SECURITY_MAX)" 'BEGIN { exit !(l + 0 < m + 0) }'; then \
+	        printf '%s\n' "$$out" | grep '✗' || true; \
+	        echo "docs-check: exposure $$level is not below $(SECURITY_MAX)"; fail=1; fi; \
+	elif printf '%s\n' "$$out" | grep -qi -e 'unrecognized option' -e 'unknown option'; then \
+	    echo "skipped: this systemd-analyze has no --offline ($$(systemd-analyze --version | head -1))"; \
+	else echo "$$out"; fail=1; fi; \
+	lr=$$(command -v logrotate || ls /usr/sbin/logrotate 2>/dev/null || true); \
+	if [ -n "$$lr" ]; then \
+	    echo "== logrotate -d conf/logrotate.d/connectd"; \
+	    install -m 0644 conf/logrotate.d/connectd $$t/logrotate.conf; \
+	    if out=$$($$lr -d -s $$t/logrotate.state $$t/logrotate.conf 2>&1) && \
+	        ! printf '%s\n' "$$out" | grep -qi '^error'; then echo "clean"; \
+	    else echo "$$out"; fail=1; fi; \
+	else echo "== logrotate not installed: skipping the check of conf/logrotate.d/connectd"; fi; \
+	if [ $$fail -ne 0 ]; then echo "docs-check: FAILED"; exit 1; fi; echo "docs-check: ok"
 
 clean:
 	rm -rf build $(BIN)

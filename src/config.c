@@ -28,6 +28,7 @@
 #define DEFAULT_ALLOW_CLIENTS "127.0.0.0/8, ::1"
 #define DEFAULT_ACCESS_LOG    "stderr"
 #define DEFAULT_REALM         "connectd"
+#define DEFAULT_USER          "nobody" /* never stay root by accident */
 #define DNS_DEFAULT_PORT      53
 #define MAX_DURATION          (24.0 * 3600.0)
 #define FILE_MAX              ((size_t)1024 * 1024)
@@ -813,6 +814,8 @@ static int set_defaults(struct config *c) {
     bad |= c->access_log == NULL;
     c->realm = strdup(DEFAULT_REALM);
     bad |= c->realm == NULL;
+    c->user = strdup(DEFAULT_USER);
+    bad |= c->user == NULL;
     return bad ? -1 : 0;
 }
 

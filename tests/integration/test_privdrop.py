@@ -63,7 +63,7 @@ def test_drops_to_user(start_proxy, tcp_server, workers):
 
 
 def test_refuses_root_without_user(start_proxy):
-    p = start_proxy({"server": {"user": None}}, wait=False)
+    p = start_proxy({"server": {"user": ""}}, wait=False)
     rc = p.proc.wait(10)
     p.stopped = True
     assert rc == 1

@@ -455,6 +455,7 @@ static void test_linked_files(void **state) {
     assert_null(c.users_file);
     assert_int_equal(c.rules.n, 0);
     assert_string_equal(c.realm, "connectd");
+    assert_string_equal(c.user, "nobody");
     config_free(&c);
 
     assert_int_equal(
