@@ -163,11 +163,10 @@ int main(int argc, char **argv) {
     unsigned workers = master_workers(&cfg);
     int *fds = NULL;
     size_t nfds = 0;
+    int rc = 1;
     int activated = systemd_sockets(&fds, &nfds, err, sizeof err);
-    if (activated == -1) {
-        log_error("%s", err);
-        return 1;
-    }
+    if (activated == -1)
+        goto fail;
     if (!activated) {
         /* Bind before anything else, so a taken port fails the start at once. With several
          * workers each gets its own socket per address (SO_REUSEPORT), which the master keeps
@@ -175,23 +174,18 @@ int main(int argc, char **argv) {
         nfds = cfg.nlisten;
         fds = calloc((size_t)workers * nfds, sizeof *fds);
         if (!fds) {
-            log_error("out of memory");
-            return 1;
+            snprintf(err, sizeof err, "out of memory");
+            goto fail;
         }
         for (unsigned w = 0; w < workers; w++) {
-            if (listeners_bind(&cfg, workers > 1, fds + (size_t)w * nfds, err, sizeof err) == -1) {
-                log_error("%s", err);
-                return 1;
-            }
+            /* On failure listeners_bind() closed its own; the process exit closes the rest. */
+            if (listeners_bind(&cfg, workers > 1, fds + (size_t)w * nfds, err, sizeof err) == -1)
+                goto fail;
         }
     }
     /* The sockets are bound and the files read: root is no longer needed. */
-    if (privdrop(cfg.user, err, sizeof err) != 0) {
-        log_error("%s", err);
-        sd_notifyf(0, "STATUS=%s", err);
-        return 1;
-    }
-    int rc;
+    if (privdrop(cfg.user, err, sizeof err) != 0)
+        goto fail;
     if (workers == 1) {
         log_info("connectd %s starting", CONNECTD_VERSION);
         struct server_opts o = {.config_path = path,
@@ -214,6 +208,12 @@ int main(int argc, char **argv) {
                                 .shared_fds = activated};
         rc = master_run(&o);
     }
+    goto out;
+fail:
+    log_error("%s", err);
+    sd_notifyf(0, "STATUS=failed to start: %s", err);
+    free(fds);
+out:
     log_close();
     config_free(&cfg);
     return rc;
