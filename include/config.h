@@ -40,6 +40,7 @@ struct config {
     enum relay_mode relay;
     unsigned workers; /* processes; 0 = auto (one per online CPU) */
     char *user;       /* drop to this user after binding when started as root; NULL = none */
+    bool pac;         /* answer GET /proxy.pac with a PAC file naming this proxy */
     /* [access] */
     struct access_config access;
     char *policy_file;     /* [access] policy, resolved against the ini file's directory */

@@ -59,6 +59,7 @@ struct tunnel {
     const char *rule;      /* what decided: a policy rule's name or a proxy.ini list, or NULL */
     int status;            /* HTTP status sent, 0 if none */
     bool counted;          /* counts against max_connections */
+    bool pac;              /* answered GET /proxy.pac instead of tunnelling */
     struct client_entry *ce; /* per-client accounting, NULL when not limited */
 };
 

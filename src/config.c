@@ -71,34 +71,33 @@ enum key_id {
 static const struct key_def {
     const char *section;
     const char *name;
-    bool supported; /* false: part of the contract, not implemented yet: an error when set */
 } keys[K_COUNT] = {
-    [K_LISTEN] = {"server", "listen", true},
-    [K_WORKERS] = {"server", "workers", true},
-    [K_USER] = {"server", "user", true},
-    [K_PAC] = {"server", "pac", false},
-    [K_RELAY] = {"server", "relay", true},
-    [K_ALLOW_PORTS] = {"access", "allow_ports", true},
-    [K_ALLOW_HOSTS] = {"access", "allow_hosts", true},
-    [K_DENY_HOSTS] = {"access", "deny_hosts", true},
-    [K_ALLOW_CLIENTS] = {"access", "allow_clients", true},
-    [K_DENY_PRIVATE] = {"access", "deny_private", true},
-    [K_POLICY] = {"access", "policy", true},
-    [K_DNS_SERVERS] = {"dns", "servers", true},
-    [K_DNS_CACHE] = {"dns", "cache", true},
-    [K_AUTH_USERS_FILE] = {"auth", "users_file", true},
-    [K_AUTH_REALM] = {"auth", "realm", true},
-    [K_TIMEOUT_HANDSHAKE] = {"timeouts", "handshake", true},
-    [K_TIMEOUT_DNS] = {"timeouts", "dns", true},
-    [K_TIMEOUT_CONNECT] = {"timeouts", "connect", true},
-    [K_TIMEOUT_IDLE] = {"timeouts", "idle", true},
-    [K_TIMEOUT_SHUTDOWN] = {"timeouts", "shutdown", true},
-    [K_MAX_CONNECTIONS] = {"limits", "max_connections", true},
-    [K_PER_CLIENT_CONNECTIONS] = {"limits", "per_client_connections", true},
-    [K_PER_CLIENT_RATE] = {"limits", "per_client_rate", true},
-    [K_MAX_REQUEST_BYTES] = {"limits", "max_request_bytes", true},
-    [K_LOG_LEVEL] = {"log", "level", true},
-    [K_ACCESS_LOG] = {"log", "access_log", true},
+    [K_LISTEN] = {"server", "listen"},
+    [K_WORKERS] = {"server", "workers"},
+    [K_USER] = {"server", "user"},
+    [K_PAC] = {"server", "pac"},
+    [K_RELAY] = {"server", "relay"},
+    [K_ALLOW_PORTS] = {"access", "allow_ports"},
+    [K_ALLOW_HOSTS] = {"access", "allow_hosts"},
+    [K_DENY_HOSTS] = {"access", "deny_hosts"},
+    [K_ALLOW_CLIENTS] = {"access", "allow_clients"},
+    [K_DENY_PRIVATE] = {"access", "deny_private"},
+    [K_POLICY] = {"access", "policy"},
+    [K_DNS_SERVERS] = {"dns", "servers"},
+    [K_DNS_CACHE] = {"dns", "cache"},
+    [K_AUTH_USERS_FILE] = {"auth", "users_file"},
+    [K_AUTH_REALM] = {"auth", "realm"},
+    [K_TIMEOUT_HANDSHAKE] = {"timeouts", "handshake"},
+    [K_TIMEOUT_DNS] = {"timeouts", "dns"},
+    [K_TIMEOUT_CONNECT] = {"timeouts", "connect"},
+    [K_TIMEOUT_IDLE] = {"timeouts", "idle"},
+    [K_TIMEOUT_SHUTDOWN] = {"timeouts", "shutdown"},
+    [K_MAX_CONNECTIONS] = {"limits", "max_connections"},
+    [K_PER_CLIENT_CONNECTIONS] = {"limits", "per_client_connections"},
+    [K_PER_CLIENT_RATE] = {"limits", "per_client_rate"},
+    [K_MAX_REQUEST_BYTES] = {"limits", "max_request_bytes"},
+    [K_LOG_LEVEL] = {"log", "level"},
+    [K_ACCESS_LOG] = {"log", "access_log"},
 };
 
 static const char *const sections[] = {"server", "access", "dns", "timeouts",
@@ -611,10 +610,15 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
     case K_USER:
         return set_user(c, v, why, whylen);
     case K_PAC:
+        if (parse_bool(v, &c->pac) != 0) {
+            text_seterr(why, whylen, "must be yes or no");
+            return -1;
+        }
+        return 0;
     case K_COUNT:
         break;
     }
-    text_seterr(why, whylen, "not supported in this version");
+    text_seterr(why, whylen, "unknown key");
     return -1;
 }
 
@@ -731,7 +735,7 @@ static void valid_keys(const char *section, char *out, size_t outlen) {
     for (size_t i = 0; i < K_COUNT; i++) {
         int w;
 
-        if (!keys[i].supported || strcmp(keys[i].section, section) != 0)
+        if (strcmp(keys[i].section, section) != 0)
             continue;
         w = snprintf(out + o, outlen - o, "%s%s", o ? ", " : "", keys[i].name);
         if (w < 0 || (size_t)w >= outlen - o)
@@ -771,10 +775,6 @@ static int handler(void *user, const char *section, const char *name, const char
         return 0;
     }
     x->seen[id] = x->lineno;
-    if (!keys[id].supported) {
-        fail(x, "%s:%d: [%s] %s: not supported in this version", x->name, x->lineno, section, name);
-        return 0;
-    }
     if (apply(x->c, (enum key_id)id, value, why, sizeof why) != 0) {
         fail(x, "%s:%d: [%s] %s: %s (got '%s')", x->name, x->lineno, section, name, why, value);
         return 0;

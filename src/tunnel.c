@@ -414,8 +414,77 @@ static void request_complete(struct tunnel *t) {
     auth_step(t);
 }
 
+/* [server] pac: is this "GET /proxy.pac HTTP/1.x" (or HEAD, or with a query string)? */
+static bool is_pac_request(const struct tunnel *t) {
+    const struct handshake *hs = t->hs;
+    const struct http_parser *p = &hs->parser;
+    bool head = strcmp(p->req.method, "HEAD") == 0;
+    if (!t->gen->cfg.pac || p->status != 405 || (strcmp(p->req.method, "GET") != 0 && !head))
+        return false;
+    const char *line = hs->req + p->line_start;
+    size_t n = p->pos - p->line_start, m = strlen(p->req.method) + 1;
+    static const char path[] = "/proxy.pac";
+    if (n < m + sizeof path - 1 || memcmp(line + m, path, sizeof path - 1) != 0)
+        return false;
+    char next = n > m + sizeof path - 1 ? line[m + sizeof path - 1] : '\0';
+    return next == ' ' || next == '?';
+}
+
+/* The PAC file: https and wss through this proxy at the address the client reached it by,
+ * everything else direct (connectd only tunnels). Sent like a refusal: then close. */
+static void serve_pac(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    union sockaddr_any self;
+    socklen_t len = sizeof self;
+    char addr[ADDR_TEXT_MAX], body[512];
+    if (getsockname(t->client.fd, &self.sa, &len) == -1) {
+        refuse(t, 500, "proxy_internal_error", NULL, "getsockname failed", "pac_error");
+        return;
+    }
+    addr_format(&self.sa, true, addr, sizeof addr);
+    int bl =
+        snprintf(body, sizeof body,
+                 "function FindProxyForURL(url, host) {\n"
+                 "    if (url.substring(0, 6) == \"https:\" || url.substring(0, 4) == \"wss:\")\n"
+                 "        return \"PROXY %s\";\n"
+                 "    return \"DIRECT\";\n"
+                 "}\n",
+                 addr);
+    bool head = strcmp(hs->parser.req.method, "HEAD") == 0;
+    ev_io_stop(t->srv->loop, &t->client.rw);
+    hs->reason = "pac";
+    if (!hs->reply)
+        hs->reply = malloc(REPLY_MAX);
+    if (!hs->reply || bl < 0 || (size_t)bl >= sizeof body) {
+        tunnel_close(t, "out_of_memory");
+        return;
+    }
+    int n = snprintf(hs->reply, REPLY_MAX,
+                     "HTTP/1.1 200 OK\r\nContent-Type: application/x-ns-proxy-autoconfig\r\n"
+                     "Content-Length: %d\r\nCache-Control: max-age=300\r\n"
+                     "Connection: close\r\n\r\n%s",
+                     bl, head ? "" : body);
+    if (n < 0 || n >= REPLY_MAX) {
+        tunnel_close(t, "out_of_memory");
+        return;
+    }
+    hs->replylen = (size_t)n;
+    hs->replyoff = 0;
+    t->status = 200;
+    t->pac = true;
+    t->state = TUNNEL_ERROR_REPLY;
+    ev_set_cb(&t->client.ww, reply_write_cb);
+    arm_timer(t, REPLY_SECONDS);
+    reply_flush(t);
+}
+
 static void parse_error(struct tunnel *t) {
     const struct http_parser *p = &t->hs->parser;
+    if (is_pac_request(t)) {
+        set_raw_target(t);
+        serve_pac(t);
+        return;
+    }
     const char *reason = "bad_request";
     if (p->status == 405)
         reason = "method_not_allowed";
@@ -846,7 +915,9 @@ static void access_line(struct tunnel *t, const char *reason) {
         log_escape(target, sizeof target, t->target, strlen(t->target));
     int status = t->status;
     uint64_t down = 0;
-    if (status == 200 && t->client.sent < HTTP_CONNECT_OK_LEN)
+    if (t->pac)
+        ; /* a PAC file, not a tunnel: no upstream, no tunnel bytes */
+    else if (status == 200 && t->client.sent < HTTP_CONNECT_OK_LEN)
         status = 0; /* the client went away before the 200 was delivered */
     else if (status == 200)
         down = t->client.sent - HTTP_CONNECT_OK_LEN;

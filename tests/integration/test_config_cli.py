@@ -73,7 +73,7 @@ BAD = {
     "bad_level": ("log", "level", "chatty"),
     "workers_zero": ("server", "workers", "0"),
     "bad_user": ("server", "user", "no body"),
-    "unsupported_pac": ("server", "pac", "yes"),
+    "bad_pac": ("server", "pac", "sometimes"),
     "missing_policy_file": ("access", "policy", "/nonexistent/rules.yaml"),
     "missing_users_file": ("auth", "users_file", "/nonexistent/users"),
     "bad_realm": ("auth", "realm", 'say "hi"'),

@@ -480,31 +480,6 @@ static void test_linked_files(void **state) {
         err, "t.ini:2: [auth] users_file: /no/users: cannot open: No such file or directory");
 }
 
-static void test_unsupported(void **state) {
-    static const struct {
-        const char *section, *key, *value;
-    } cases[] = {
-        {"server", "pac", "no"},
-    };
-    (void)state;
-    for (size_t i = 0; i < N(cases); i++) {
-        char text[256], want[128];
-
-        (void)snprintf(text, sizeof text, "[%s]\n%s = %s\n", cases[i].section, cases[i].key,
-                       cases[i].value);
-        (void)snprintf(want, sizeof want, "t.ini:2: [%s] %s: not supported in this version",
-                       cases[i].section, cases[i].key);
-        /* Exactly this: no "(got ...)", the value does not matter. */
-        {
-            struct config c;
-            char err[CONFIG_ERR_MAX] = "";
-
-            assert_int_equal(config_load_string(text, "t.ini", &c, err, sizeof err), -1);
-            assert_string_equal(err, want);
-        }
-    }
-}
-
 static void test_durations(void **state) {
     static const struct {
         const char *in;
@@ -628,7 +603,6 @@ int main(void) {
         cmocka_unit_test(test_syntax),
         cmocka_unit_test(test_duplicate_key),
         cmocka_unit_test(test_long_line),
-        cmocka_unit_test(test_unsupported),
         cmocka_unit_test(test_linked_files),
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_missing_file),
