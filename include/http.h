@@ -58,7 +58,7 @@ struct http_parser {
     int host_count;
     /* Outcome. */
     struct http_request req;
-    int status;         /* on error: 400, 405, 414 or 431 */
+    int status;         /* on error: 400, 405, 414, 431 or 505 */
     const char *reason; /* on error: short human text, e.g. "port out of range" (static) */
 };
 

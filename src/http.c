@@ -27,8 +27,9 @@
  * - A method longer than HTTP_METHOD_MAX is a 400 ("method too long"), not a 405: it is refused
  *   before it could be copied. On a 405, req.method holds the method, and the request line is
  *   buf[p->line_start .. p->pos) (for a PAC answer or the access log).
- * - HTTP versions other than HTTP/1.0 and HTTP/1.1 are a 400 (not 505), as the status set
- *   documented in http.h is 400/405/414/431.
+ * - HTTP/1.2 to HTTP/1.9 are read as HTTP/1.1 (RFC 9110 §2.5); another major version
+ *   ("HTTP/2.0", the HTTP/2 preface "PRI * HTTP/2.0") is a 505; any other version text
+ *   ("HTTP/1.10", "http/1.1", "HTTP/1") is a 400.
  * - Host: one Host field with a valid authority (port optional) is required for HTTP/1.1; a
  *   second Host is a 400 in any version; an invalid or empty Host is a 400 even in HTTP/1.0.
  *   Host need not equal the target: the target decides where we connect, and the policy checks
@@ -410,12 +411,12 @@ static enum http_parse_result request_line(struct http_parser *p, const unsigned
     version_len = (size_t)(b + e - version);
     if (memchr(version, ' ', version_len) != NULL)
         return fail(p, lf, 400, "malformed request line");
-    if (version_len == 8 && memcmp(version, "HTTP/1.", 7) == 0 &&
-        (version[7] == '0' || version[7] == '1')) {
-        p->req.version_minor = version[7] - '0';
+    if (version_len == 8 && memcmp(version, "HTTP/1.", 7) == 0 && is_digit(version[7])) {
+        /* RFC 9110 §2.5: a higher minor version is processed as the highest we implement. */
+        p->req.version_minor = version[7] == '0' ? 0 : 1;
     } else if (version_len == 8 && memcmp(version, "HTTP/", 5) == 0 && is_digit(version[5]) &&
                version[6] == '.' && is_digit(version[7])) {
-        return fail(p, lf, 400, "HTTP version not supported");
+        return fail(p, lf, 505, "HTTP version not supported");
     } else {
         return fail(p, lf, 400, "malformed HTTP version");
     }
@@ -617,6 +618,8 @@ const char *http_status_text(int status) {
         return "Too Many Requests";
     case 431:
         return "Request Header Fields Too Large";
+    case 505:
+        return "HTTP Version Not Supported";
     case 500:
         return "Internal Server Error";
     case 502:

@@ -490,6 +490,8 @@ static void parse_error(struct tunnel *t) {
         reason = "method_not_allowed";
     else if (p->status == 414 || p->status == 431)
         reason = "too_large";
+    else if (p->status == 505)
+        reason = "bad_version";
     set_raw_target(t);
     refuse(t, p->status, p->status == 405 ? "http_request_denied" : "http_request_error", NULL,
            p->reason, reason);
