@@ -60,6 +60,7 @@ struct tunnel {
     int status;            /* HTTP status sent, 0 if none */
     bool counted;          /* counts against max_connections */
     bool pac;              /* answered GET /proxy.pac instead of tunnelling */
+    bool stall_watch;      /* the timer is checking a stalled relay every STALL_CHECK s */
     struct client_entry *ce; /* per-client accounting, NULL when not limited */
 };
 
@@ -69,6 +70,12 @@ void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer);
 /* The one way a tunnel ends: stop watchers, cancel DNS, close fds, write the access-log line,
  * unlink and queue the object for freeing after the current callbacks return. */
 void tunnel_close(struct tunnel *t, const char *reason);
+
+/* A direction is waiting for its writer (backpressure): its reader is paused, so nothing would
+ * notice the other end resetting until the idle timeout. Check both sockets for errors about
+ * once a second until the stall ends. Cheap: only the first call of a stall re-arms the
+ * timer. */
+void tunnel_watch_stall(struct tunnel *t);
 
 /* Free tunnels queued by tunnel_close(). */
 void tunnel_reap(struct server *srv);

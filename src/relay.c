@@ -202,6 +202,7 @@ static int flush(struct tunnel *t, struct endpoint *src) {
     if (left > 0) {
         t->last_active = ev_now(loop);
         ev_io_start(loop, &dst->ww);
+        tunnel_watch_stall(t);
         if (src->in && (size_t)left == BUF_CAP)
             ev_io_stop(loop, &src->rw); /* full: a read would have no room */
         else if (!src->eof && (size_t)left <= cap / 2 && (size_t)left <= RESUME_AT)

@@ -31,6 +31,7 @@
 #define REFUSING_MAX   1024 /* connections being refused at once; beyond, just close */
 #define REPLY_MAX      1024
 #define REQ_INITIAL    4096 /* a CONNECT plus a TLS ClientHello usually fits */
+#define STALL_CHECK    1.0  /* seconds between socket checks while a relay direction waits */
 
 struct handshake {
     char *req; /* the request as received; grown on demand up to reqmax */
@@ -63,6 +64,7 @@ static void client_watch_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void connect_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void dial_next(struct tunnel *t);
+static bool relay_sockets_ok(struct tunnel *t);
 
 static void handshake_free(struct handshake *hs) {
     if (!hs)
@@ -790,11 +792,19 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         ev_tstamp idle = t->gen->cfg.timeout_idle;
         ev_tstamp due = t->last_active + idle;
         ev_tstamp now = ev_now(loop);
-        if (due > now) {
-            arm_timer(t, due - now);
+        if (due <= now) {
+            tunnel_close(t, "idle_timeout");
             return;
         }
-        tunnel_close(t, "idle_timeout");
+        t->stall_watch = false;
+        if (ev_is_active(&t->client.ww) || ev_is_active(&t->upstream.ww)) {
+            if (!relay_sockets_ok(t))
+                return; /* closed */
+            t->stall_watch = true;
+            arm_timer(t, due - now < STALL_CHECK ? due - now : STALL_CHECK);
+            return;
+        }
+        arm_timer(t, due - now);
         return;
     }
     case TUNNEL_ERROR_REPLY:
@@ -804,6 +814,31 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     case TUNNEL_CLOSED:
         return;
     }
+}
+
+void tunnel_watch_stall(struct tunnel *t) {
+    if (t->stall_watch)
+        return;
+    t->stall_watch = true;
+    if (ev_timer_remaining(t->srv->loop, &t->timer) > STALL_CHECK)
+        arm_timer(t, STALL_CHECK);
+}
+
+/* A paused reader cannot see its peer reset; the socket's pending error can. False when the
+ * tunnel was closed. */
+static bool relay_sockets_ok(struct tunnel *t) {
+    struct endpoint *e[2] = {&t->client, &t->upstream};
+    for (int i = 0; i < 2; i++) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(e[i]->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0)
+            continue;
+        log_debug("tunnel %s: %s side: %s while stalled", t->target ? t->target : "-",
+                  i == 0 ? "client" : "upstream", strerror(err));
+        tunnel_close(t, i == 0 ? "client_reset" : "upstream_reset");
+        return false;
+    }
+    return true;
 }
 
 /* ---- accept and close ---- */

@@ -9,6 +9,7 @@ Environment: CONNECTD_BIN (default: ./connectd at the repository root).
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -138,7 +139,7 @@ def merge(base, overrides):
 
 class Proxy:
     def __init__(self, binary, workdir, name, config_text, listen_host, port, extra_ports,
-                 env=None):
+                 env=None, rlimit_nofile=None):
         self.binary = binary
         self.host = listen_host
         self.port = port
@@ -155,8 +156,17 @@ class Proxy:
         if env:
             penv = dict(os.environ)
             penv.update(env)
+        preexec = None
+        if rlimit_nofile is not None:
+            # Soft and hard both: the daemon raises its soft limit to the hard one at start.
+            soft, hard = (rlimit_nofile if isinstance(rlimit_nofile, tuple)
+                          else (rlimit_nofile, rlimit_nofile))
+
+            def preexec():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         self.proc = subprocess.Popen([binary, "-c", self.config_path], stdin=subprocess.DEVNULL,
-                                     stdout=self._stderr, stderr=self._stderr, env=penv)
+                                     stdout=self._stderr, stderr=self._stderr, env=penv,
+                                     preexec_fn=preexec)
         self.pid = self.proc.pid
         self.clients = []
         self.probes = []  # local addresses of readiness probes, left out of log_lines()
@@ -298,17 +308,20 @@ def tcp_server():
 @pytest.fixture
 def start_proxy(connectd_bin, tmp_path, dns, request):
     """Factory: start_proxy(overrides={section: {key: value}}, base_text=None, listen=None,
-    wait=True) -> Proxy.
+    wait=True, rlimit_nofile=None) -> Proxy.
 
     overrides are applied to BASE_CONFIG (or to base_text, e.g. the shipped proxy.ini);
     value None removes a key. listen defaults to 127.0.0.1:<free port>; pass "[::1]" to listen
-    on a free port of ::1, or a full list "127.0.0.1:P1, [::1]:P2" (tests connect to the first). At teardown: clients closed, SIGTERM, bounded
-    wait, SIGKILL after 5 s; the test errors when the daemon had died before teardown, did not
-    stop on SIGTERM, exited with a failure status, or printed a sanitizer report."""
+    on a free port of ::1, or a full list "127.0.0.1:P1, [::1]:P2" (tests connect to the first).
+    rlimit_nofile: N or (soft, hard), the daemon's RLIMIT_NOFILE, set before exec (None: the
+    test process's own). At teardown: clients closed, SIGTERM, bounded wait, SIGKILL after 5 s;
+    the test errors when the daemon had died before teardown, did not stop on SIGTERM, exited
+    with a failure status, or printed a sanitizer report."""
     procs = []
     request.node._connectd_proxies = procs
 
-    def make(overrides=None, base_text=None, listen=None, wait=True, dns_servers=None, env=None):
+    def make(overrides=None, base_text=None, listen=None, wait=True, dns_servers=None, env=None,
+             rlimit_nofile=None):
         n = len(procs)
         host = LOOPBACK4
         if listen is not None and listen.startswith("["):
@@ -338,7 +351,8 @@ def start_proxy(connectd_bin, tmp_path, dns, request):
         else:
             text = apply_ini_overrides(base_text, forced)
             text = apply_ini_overrides(text, overrides or {})
-        p = Proxy(connectd_bin, str(tmp_path), name, text, host, port, [], env=env)
+        p = Proxy(connectd_bin, str(tmp_path), name, text, host, port, [], env=env,
+                  rlimit_nofile=rlimit_nofile)
         procs.append(p)
         if wait:
             p.wait_ready()

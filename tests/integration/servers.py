@@ -274,3 +274,29 @@ class Blackhole:
         for s in self.fillers:
             s.close()
         self.lsock.close()
+
+
+def no_read_handler(conn, rec):
+    """A stalled upstream: accept, never read, never send. Waits (without reading) until the
+    peer hangs up or resets, or CONN_TIMEOUT, then closes; rec["hangup"]: the peer went away
+    (False: the wait timed out)."""
+    import select
+
+    p = select.poll()
+    p.register(conn, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    rec["hangup"] = bool(p.poll(CONN_TIMEOUT * 1000))
+
+
+def reset_mid_stream_handler(payload, reset_at):
+    """Once the client's first byte arrives (the tunnel is up), start sending payload, and after
+    reset_at bytes of it close with RST (SO_LINGER 0), reading nothing more: a destination
+    that dies in the middle of a download."""
+
+    def h(conn, rec):
+        rec["first"] = conn.recv(1)
+        conn.sendall(payload[:reset_at])
+        rec["bytes_sent"] = reset_at
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    return h
