@@ -974,6 +974,14 @@ static void access_line(struct tunnel *t, const char *reason) {
 }
 
 static void endpoint_close(struct server *srv, struct endpoint *e) {
+    /* Bytes still waiting for a peer that stopped reading can never be delivered now: reset
+     * instead of a FIN behind them, or the kernel would hold them for minutes while it probes
+     * the peer's zero window. */
+    if (ev_is_active(&e->ww) && e->fd != -1 && e->t->state == TUNNEL_CLOSED &&
+        e->t->status == 200) {
+        struct linger lg = {1, 0};
+        (void)setsockopt(e->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
     ev_io_stop(srv->loop, &e->rw);
     ev_io_stop(srv->loop, &e->ww);
     if (e->fd != -1) {
