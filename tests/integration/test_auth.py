@@ -133,6 +133,7 @@ def test_500_tunnels_cost_one_hash(auth_proxy, tcp_server):
     assert all(x["user"] == "alice" for x in lines)
 
 
+@pytest.mark.timing
 def test_slow_hash_does_not_stall_other_tunnels(auth_proxy, tcp_server, hashes):
     """While a costly yescrypt verification runs (~0.7 s here), an open tunnel keeps relaying
     with round trips far below the hash time."""
@@ -173,6 +174,7 @@ def test_slow_hash_does_not_stall_other_tunnels(auth_proxy, tcp_server, hashes):
     assert worst < max(0.2, hash_time / 3), (worst, hash_time, rounds)
 
 
+@pytest.mark.timing
 def test_repeated_failures_are_slowed_down(auth_proxy, tcp_server):
     srv = tcp_server(echo_handler)
     p = auth_proxy()
