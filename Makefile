@@ -1,8 +1,11 @@
 # connectd — GNU make.
 #   make            build ./connectd
 #   make run        install missing packages, build, run on conf/proxy.ini in the foreground
-#   make check      install missing packages, build, run unit + integration tests + format check
-#   make asan       the same tests against an ASan+UBSan build
+#   make check      install missing packages, build; format, lint, unit tests, a short fuzz run,
+#                   integration tests, docs/unit-file checks, then unit + integration under ASan
+#   make asan       the unit and integration tests against an ASan+UBSan build
+#   make fuzz       each libFuzzer harness for FUZZ_SECONDS (60)
+#   make check-valgrind  the integration tests with connectd under valgrind memcheck
 #   make bench      side-by-side benchmark with tinyproxy and squid (BENCHMARKS.md)
 #   make install    PREFIX=/usr/local DESTDIR=
 
@@ -37,7 +40,7 @@ IO_OBJ   := $(IO_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps deps-test run check unit integration format format-check lint asan bench install \
-        docs-check clean
+        docs-check clean fuzz fuzz-short check-valgrind
 .DEFAULT_GOAL := all
 
 all: $(BIN)
@@ -74,7 +77,7 @@ integration: $(BIN)
 	CONNECTD_BIN=$(abspath $(BIN)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 format-check:
-	clang-format --dry-run --Werror src/*.c include/*.h tests/unit/*.c
+	clang-format --dry-run --Werror src/*.c include/*.h tests/unit/*.c tests/fuzz/*.c
 
 # Static checks worth their noise (STYLE.md): cppcheck, and no unbounded string functions.
 lint:
@@ -84,20 +87,100 @@ lint:
 	    { echo "lint: unbounded string function (see STYLE.md)"; exit 1; }
 
 format:
-	clang-format -i src/*.c include/*.h tests/unit/*.c
+	clang-format -i src/*.c include/*.h tests/unit/*.c tests/fuzz/*.c
 
 check: deps-test
 	$(MAKE) all
 	$(MAKE) format-check
 	$(MAKE) lint
 	$(MAKE) unit
+	$(MAKE) fuzz-short
 	$(MAKE) integration
 	$(MAKE) docs-check
+	$(MAKE) asan
 
 asan: deps-test
 	$(MAKE) BUILD=build/asan BIN=build/asan/connectd \
 	    OPT="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 	    HARDEN="-fPIE" unit integration
+
+# The integration tests against connectd under valgrind memcheck (scripts/valgrind-connectd):
+# any memory error or definite leak makes the daemon exit 99, which fails its test. Timing and
+# performance tests skip themselves (CONNECTD_VALGRIND). Not part of `make check` (~10 min).
+check-valgrind:
+	@scripts/install-deps valgrind
+	$(MAKE) BUILD=build/valgrind BIN=build/valgrind/connectd OPT="-O1 -g" build/valgrind/connectd
+	rm -rf build/valgrind/logs
+	CONNECTD_VALGRIND=1 CONNECTD_BIN=$(abspath scripts/valgrind-connectd) \
+	    $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	@n=$$(ls build/valgrind/logs | wc -l); \
+	bad=$$(grep -lE 'ERROR SUMMARY: [1-9]|definitely lost: [1-9]' build/valgrind/logs/* || true); \
+	echo "check-valgrind: $$n daemon processes checked; reports with errors: $${bad:-none}"; \
+	[ -z "$$bad" ]
+
+# libFuzzer harnesses (tests/fuzz/fuzz_*.c) against the pure modules, built with clang and
+# ASan+UBSan into their own object directory. Each harness runs on a copy of its seed corpus
+# (tests/fuzz/corpus/NAME/ is only read; new inputs stay in build/fuzz/corpus/NAME/) with its
+# dictionary; a crash, leak, UB report or broken invariant stops the run, keeps the input in
+# build/fuzz/artifacts/ and prints how to replay it. `make fuzz` runs each FUZZ_SECONDS,
+# `make fuzz-short` (part of `make check`) FUZZ_SHORT_SECONDS.
+FUZZ_CC            ?= clang
+FUZZ_SECONDS       ?= 60
+FUZZ_SHORT_SECONDS ?= 20
+FUZZ_DIR   := build/fuzz
+# NAME:max_len (bytes): room for the request limits and default ones, an ini with its policy
+# and users files, a policy file, a users file or credential.
+FUZZ_TARGETS := fuzz_http:17000 fuzz_config:8192 fuzz_policy:8192 fuzz_auth:4096
+FUZZ_NAMES := $(foreach t,$(FUZZ_TARGETS),$(firstword $(subst :, ,$(t))))
+FUZZ_BIN   := $(FUZZ_NAMES:%=$(FUZZ_DIR)/%)
+FUZZ_OBJ   := $(PURE_SRC:%.c=$(FUZZ_DIR)/%.o)
+FUZZ_CFLAGS := -g -O1 -fno-omit-frame-pointer -fno-sanitize-recover=all $(WARN)
+# The config harness serves the policy and users files from its input instead of the disk.
+FUZZ_LDFLAGS_fuzz_config := -Wl,--wrap=text_read_file
+
+$(FUZZ_DIR)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS_ALL) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined \
+	    -MMD -MP -c -o $@ $<
+
+$(FUZZ_BIN): $(FUZZ_DIR)/%: tests/fuzz/%.c $(FUZZ_OBJ)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS_ALL) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -MMD -MP \
+	    -MF $@.d -MT $@ $(FUZZ_LDFLAGS_$(notdir $@)) -o $@ $< $(FUZZ_OBJ) -linih -lyaml -lcrypt -lm
+
+-include $(FUZZ_OBJ:.o=.d) $(FUZZ_BIN:=.d)
+
+# What a passing run prints from libFuzzer's log: coverage, runs, speed, memory.
+FUZZ_SUMMARY := ^\#[0-9]+[[:space:]]+DONE|^Done [0-9]+ runs|^stat::(number|average|new_units|peak)
+
+# $(1): seconds per harness.
+define fuzz_run
+@set -e; mkdir -p $(FUZZ_DIR)/artifacts $(FUZZ_DIR)/logs; \
+for t in $(FUZZ_TARGETS); do \
+    name=$${t%%:*}; maxlen=$${t#*:}; work=$(FUZZ_DIR)/corpus/$$name; \
+    log=$(FUZZ_DIR)/logs/$$name.log; dict=; \
+    mkdir -p $$work; cp -R tests/fuzz/corpus/$$name/. $$work/; \
+    [ ! -f tests/fuzz/$$name.dict ] || dict=-dict=tests/fuzz/$$name.dict; \
+    echo "== $$name: $(1) s on $$work (log: $$log)"; \
+    if UBSAN_OPTIONS=print_stacktrace=1 $(FUZZ_DIR)/$$name $$dict -max_len=$$maxlen \
+        -timeout=10 -rss_limit_mb=2048 -max_total_time=$(1) -print_final_stats=1 \
+        -artifact_prefix=$(FUZZ_DIR)/artifacts/$$name- $$work > $$log 2>&1; then \
+        grep -E '$(FUZZ_SUMMARY)' $$log || true; \
+    else \
+        tail -n 60 $$log; \
+        art=$$(sed -n 's/.*Test unit written to //p' $$log | tail -n 1); \
+        echo "fuzz: $$name FAILED; input: $${art:-(none written; see $$log)}"; \
+        [ -z "$$art" ] || echo "fuzz: replay with: $(FUZZ_DIR)/$$name $$art"; \
+        exit 1; \
+    fi; \
+done
+endef
+
+fuzz: $(FUZZ_BIN)
+	$(call fuzz_run,$(FUZZ_SECONDS))
+
+fuzz-short: $(FUZZ_BIN)
+	$(call fuzz_run,$(FUZZ_SHORT_SECONDS))
 
 # Side-by-side benchmark against tinyproxy and squid (BENCHMARKS.md); not part of `make check`.
 bench:

@@ -861,18 +861,21 @@ static int load_linked_files(struct ctx *x) {
         fail(x, "%s:%d: [access] policy: %s", x->name, pline, why);
         return -1;
     }
+    /* Like every other error, these start with the ini file's FILE:LINE (of its policy key). */
     for (size_t i = 0; i < c->rules.n; i++) {
         const struct rule *r = &c->rules.v[i];
 
         if (r->has_users && !c->users_file) {
-            fail(x, "%s: rule %s: has users, but [auth] users_file is not set in %s",
-                 c->policy_file, r->name, x->name);
+            fail(x,
+                 "%s:%d: [access] policy: %s: rule %s: has users, but [auth] users_file is not "
+                 "set",
+                 x->name, pline, c->policy_file, r->name);
             return -1;
         }
         for (size_t j = 0; j < r->nusers; j++) {
             if (!auth_users_find(&c->users, r->users[j])) {
-                fail(x, "%s: rule %s: user '%s' is not in %s", c->policy_file, r->name, r->users[j],
-                     c->users_file);
+                fail(x, "%s:%d: [access] policy: %s: rule %s: user '%s' is not in %s", x->name,
+                     pline, c->policy_file, r->name, r->users[j], c->users_file);
                 return -1;
             }
         }

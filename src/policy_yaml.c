@@ -134,6 +134,7 @@ static int syntax_error(struct loader *ld) {
  * once for every node. On error nothing is left to delete. */
 static int next_event(struct loader *ld, yaml_event_t *ev) {
     const yaml_char_t *anchor = NULL, *tag = NULL;
+    char shown[SHOW_MAX + 4];
 
     if (!yaml_parser_parse(&ld->parser, ev))
         return syntax_error(ld);
@@ -163,7 +164,9 @@ static int next_event(struct loader *ld, yaml_event_t *ev) {
         return -1;
     }
     if (tag) {
-        fail(ld, ev->start_mark, "tags are not supported (here '%s')", (const char *)tag);
+        /* A tag is the input's bytes: "!a%1B" unescapes to an ESC. */
+        fail(ld, ev->start_mark, "tags are not supported (here '%s')",
+             show((const char *)tag, strlen((const char *)tag), shown));
         yaml_event_delete(ev);
         return -1;
     }

@@ -480,6 +480,63 @@ static void test_linked_files(void **state) {
         err, "t.ini:2: [auth] users_file: /no/users: cannot open: No such file or directory");
 }
 
+static void write_file(const char *dir, const char *name, const char *body) {
+    char path[256];
+    FILE *f;
+
+    (void)snprintf(path, sizeof path, "%s/%s", dir, name);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fputs(body, f) >= 0, 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+static void remove_file(const char *dir, const char *name) {
+    char path[256];
+
+    (void)snprintf(path, sizeof path, "%s/%s", dir, name);
+    assert_int_equal(unlink(path), 0);
+}
+
+/* A rule's users checked against the users file: the message starts with the ini file's
+ * FILE:LINE like every other one (it started with the policy file's name; fuzz_config found
+ * it). */
+static void test_linked_rule_users(void **state) {
+    char dir[] = "/tmp/connectd-test-XXXXXX";
+    char ini[128], name[160], want[CONFIG_ERR_MAX], err[CONFIG_ERR_MAX] = "";
+    struct config c;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    write_file(dir, "policy.yaml", "rules:\n  - name: r1\n    users: [alice]\n    action: allow\n");
+    write_file(dir, "users",
+               "bob:$y$j9T$2fEeonU0Haalv0tW0Mx0H/$FRxvNDPDE9pZsxIVdPiaJb7mJUGYwAhEWqFGvXC40w4\n");
+    (void)snprintf(name, sizeof name, "%s/proxy.ini", dir);
+
+    (void)snprintf(ini, sizeof ini, "[access]\npolicy = policy.yaml\n");
+    memset(&c, 0xa5, sizeof c);
+    assert_int_equal(config_load_string(ini, name, &c, err, sizeof err), -1);
+    (void)snprintf(want, sizeof want,
+                   "%s:2: [access] policy: %s/policy.yaml: rule r1: has users, but [auth] "
+                   "users_file is not set",
+                   name, dir);
+    assert_string_equal(err, want);
+    assert_true(all_zero(&c, sizeof c));
+
+    (void)snprintf(ini, sizeof ini, "[auth]\nusers_file = users\n[access]\npolicy = policy.yaml\n");
+    assert_int_equal(config_load_string(ini, name, &c, err, sizeof err), -1);
+    (void)snprintf(
+        want, sizeof want,
+        "%s:4: [access] policy: %s/policy.yaml: rule r1: user 'alice' is not in %s/users", name,
+        dir, dir);
+    assert_string_equal(err, want);
+    assert_true(all_zero(&c, sizeof c));
+
+    remove_file(dir, "policy.yaml");
+    remove_file(dir, "users");
+    assert_int_equal(rmdir(dir), 0);
+}
+
 static void test_durations(void **state) {
     static const struct {
         const char *in;
@@ -604,6 +661,7 @@ int main(void) {
         cmocka_unit_test(test_duplicate_key),
         cmocka_unit_test(test_long_line),
         cmocka_unit_test(test_linked_files),
+        cmocka_unit_test(test_linked_rule_users),
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_file_errors),

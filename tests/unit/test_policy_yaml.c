@@ -355,6 +355,13 @@ static void test_errors_yaml(void **state) {
     ERR("rules:\n  - action: !!str allow\n", "t.yaml:2:13: ", "tags are not supported");
     ERR("rules: !custom\n  - action: allow\n", "t.yaml:1:8: ", "tags are not supported");
     ERR("!!map\nrules:\n  - action: allow\n", "t.yaml:1:1: ", "tags are not supported");
+    /* A tag is shown like any value: its %-escapes can spell control bytes, which must not
+     * reach a log or a terminal (tests/fuzz/fuzz_policy.c checks every message). */
+    ERR("rules:\n  - action: !a%01%1Bb allow\n",
+        "t.yaml:2:13: ", "tags are not supported (here '!a??b')");
+    ERR("rules:\n  - action: !<tag:%C3%A9%0A> allow\n", "t.yaml:2:13: ",
+        "tags are not supported (here 'tag:??"
+        "?')"); /* split: "??'" is a trigraph */
     /* libyaml's own syntax errors, at its problem mark. */
     ERR("rules:\n  - action: \"allow\n", "t.yaml:3:1: ",
         "found unexpected end of stream (while scanning a quoted scalar at line 2, column 13)");
