@@ -241,6 +241,19 @@ static void *reserve(void *v, size_t *cap, size_t need, size_t sz) {
     return nv;
 }
 
+/* Append k items of size sz to the array v holding *n (capacity *cap). Returns the array, or
+ * NULL when out of memory (then v, *n and *cap are unchanged). */
+static void *append(void *v, size_t *n, size_t *cap, const void *items, size_t k, size_t sz) {
+    char *nv = reserve(v, cap, *n + k, sz);
+
+    if (!nv)
+        return NULL;
+    if (k)
+        memcpy(nv + *n * sz, items, k * sz);
+    *n += k;
+    return nv;
+}
+
 static int out_of_memory(struct loader *ld) {
     text_seterr(ld->err, ld->errlen, "%s: out of memory", ld->name);
     return -1;
@@ -298,6 +311,7 @@ static int add_scalar(struct loader *ld, struct rule *r, enum key k, struct caps
     char shown[SHOW_MAX + 4];
     size_t added = 0;
     int rc = 0;
+    void *nv;
 
     if (is_null(ev))
         return entry
@@ -312,59 +326,44 @@ static int add_scalar(struct loader *ld, struct rule *r, enum key k, struct caps
     switch (k) {
     case KEY_CLIENTS: {
         struct cidr_list t = {NULL, 0};
-        struct cidr *nv;
 
         if (policy_parse_cidrs(s, &t, msg, sizeof msg) != 0)
             return fail(ld, ev->start_mark, "clients: %s", msg);
-        nv = reserve(r->clients.v, &caps->clients, r->clients.n + t.n, sizeof *nv);
-        if (nv) {
+        nv = append(r->clients.v, &r->clients.n, &caps->clients, t.v, t.n, sizeof *t.v);
+        rc = nv ? 0 : -1;
+        if (nv)
             r->clients.v = nv;
-            if (t.n)
-                memcpy(nv + r->clients.n, t.v, t.n * sizeof *nv);
-            r->clients.n += t.n;
-            added = t.n;
-        }
+        added = t.n;
         policy_free_cidrs(&t);
-        if (!nv)
-            return out_of_memory(ld);
         break;
     }
     case KEY_HOSTS: {
         struct host_list t = {NULL, 0};
-        struct host_pattern *nv;
 
         if (policy_parse_hosts(s, &t, msg, sizeof msg) != 0)
             return fail(ld, ev->start_mark, "hosts: %s", msg);
-        nv = reserve(r->hosts.v, &caps->hosts, r->hosts.n + t.n, sizeof *nv);
-        if (!nv) {
-            policy_free_hosts(&t);
-            return out_of_memory(ld);
-        }
-        r->hosts.v = nv;
-        if (t.n)
-            memcpy(nv + r->hosts.n, t.v, t.n * sizeof *nv); /* the names move to the rule */
-        r->hosts.n += t.n;
+        nv = append(r->hosts.v, &r->hosts.n, &caps->hosts, t.v, t.n, sizeof *t.v);
+        rc = nv ? 0 : -1;
+        if (nv)
+            r->hosts.v = nv;
         added = t.n;
-        free(t.v);
+        if (rc == 0)
+            free(t.v); /* the names moved to the rule */
+        else
+            policy_free_hosts(&t);
         break;
     }
     case KEY_PORTS: {
         struct port_list t = {NULL, 0};
-        struct port_range *nv;
 
         if (policy_parse_ports(s, &t, msg, sizeof msg) != 0)
             return fail(ld, ev->start_mark, "ports: %s", msg);
-        nv = reserve(r->ports.v, &caps->ports, r->ports.n + t.n, sizeof *nv);
-        if (nv) {
+        nv = append(r->ports.v, &r->ports.n, &caps->ports, t.v, t.n, sizeof *t.v);
+        rc = nv ? 0 : -1;
+        if (nv)
             r->ports.v = nv;
-            if (t.n)
-                memcpy(nv + r->ports.n, t.v, t.n * sizeof *nv);
-            r->ports.n += t.n;
-            added = t.n;
-        }
+        added = t.n;
         policy_free_ports(&t);
-        if (!nv)
-            return out_of_memory(ld);
         break;
     }
     case KEY_USERS:
@@ -374,7 +373,7 @@ static int add_scalar(struct loader *ld, struct rule *r, enum key k, struct caps
         return fail(ld, ev->start_mark, "%s: not a list key", key); /* not reached */
     }
     if (rc != 0)
-        return rc;
+        return k == KEY_USERS ? rc : out_of_memory(ld);
     if (added == 0)
         return entry ? fail(ld, ev->start_mark, "%s: empty list entry", key)
                      : fail(ld, ev->start_mark, "%s: empty list; omit the key to match anything",

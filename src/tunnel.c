@@ -149,6 +149,16 @@ static void reply_write_cb(struct ev_loop *loop, ev_io *w, int revents) {
     reply_flush(container_of(w, struct tunnel, client.ww));
 }
 
+/* Write hs->reply[0..replylen) (a refusal or the PAC file), then linger and close. */
+static void send_reply(struct tunnel *t, int status) {
+    t->hs->replyoff = 0;
+    t->status = status;
+    t->state = TUNNEL_ERROR_REPLY;
+    ev_set_cb(&t->client.ww, reply_write_cb);
+    arm_timer(t, REPLY_SECONDS);
+    reply_flush(t);
+}
+
 /* Answer the client with a refusal from the response table, then close. */
 static void refuse_with(struct tunnel *t, int status, const char *proxy_error, const char *params,
                         const char *details, const char *reason, const char *extra) {
@@ -182,12 +192,7 @@ static void refuse_with(struct tunnel *t, int status, const char *proxy_error, c
     if (hs->replylen == 0) /* details too long for the buffer: drop them */
         hs->replylen =
             http_build_error(hs->reply, REPLY_MAX, status, proxy_error, params, NULL, extra);
-    hs->replyoff = 0;
-    t->status = status;
-    t->state = TUNNEL_ERROR_REPLY;
-    ev_set_cb(&t->client.ww, reply_write_cb);
-    arm_timer(t, REPLY_SECONDS);
-    reply_flush(t);
+    send_reply(t, status);
 }
 
 static void refuse(struct tunnel *t, int status, const char *proxy_error, const char *params,
@@ -471,13 +476,8 @@ static void serve_pac(struct tunnel *t) {
         return;
     }
     hs->replylen = (size_t)n;
-    hs->replyoff = 0;
-    t->status = 200;
     t->pac = true;
-    t->state = TUNNEL_ERROR_REPLY;
-    ev_set_cb(&t->client.ww, reply_write_cb);
-    arm_timer(t, REPLY_SECONDS);
-    reply_flush(t);
+    send_reply(t, 200);
 }
 
 static void parse_error(struct tunnel *t) {
