@@ -22,13 +22,13 @@ CPPFLAGS_ALL := -D_GNU_SOURCE -Iinclude $(shell pkg-config --cflags-only-I inih 
 OPT    ?= -O2 -g
 CFLAGS_ALL  = $(OPT) $(WARN) $(HARDEN) $(CFLAGS)
 LDFLAGS_ALL = -pie -Wl,-z,relro,-z,now $(LDFLAGS)
-LIBS   := -lev -linih -lcares -lyaml -lcrypt -lsystemd -lpthread -lm
+LIBS   := -lev -linih -lcares -lyaml -lcrypt -lsystemd -ljansson -lpthread -lm
 
 PURE_SRC := src/http.c src/config.c src/policy.c src/addr.c src/buf.c src/clients.c src/text.c \
-            src/rules.c src/policy_yaml.c src/auth.c src/sha256.c
+            src/rules.c src/policy_yaml.c src/auth.c src/sha256.c src/admin_http.c src/obuf.c
 IO_SRC   := src/main.c src/server.c src/master.c src/net.c src/listener.c src/dns.c src/tunnel.c \
             src/relay.c src/log.c src/auth_service.c src/loopguard.c \
-            src/passwd.c src/privdrop.c src/generation.c
+            src/passwd.c src/privdrop.c src/generation.c src/stats.c src/metrics.c src/admin.c
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
 # BUILD is the object directory; the sanitizer build uses its own.
@@ -130,7 +130,7 @@ FUZZ_SHORT_SECONDS ?= 20
 FUZZ_DIR   := build/fuzz
 # NAME:max_len (bytes): room for the request limits and default ones, an ini with its policy
 # and users files, a policy file, a users file or credential.
-FUZZ_TARGETS := fuzz_http:17000 fuzz_config:8192 fuzz_policy:8192 fuzz_auth:4096
+FUZZ_TARGETS := fuzz_http:17000 fuzz_config:8192 fuzz_policy:8192 fuzz_auth:4096 fuzz_admin:9000
 FUZZ_NAMES := $(foreach t,$(FUZZ_TARGETS),$(firstword $(subst :, ,$(t))))
 FUZZ_BIN   := $(FUZZ_NAMES:%=$(FUZZ_DIR)/%)
 FUZZ_OBJ   := $(PURE_SRC:%.c=$(FUZZ_DIR)/%.o)

@@ -31,6 +31,17 @@ enum relay_mode {
 struct listen_addr {
     struct sockaddr_storage ss;
     socklen_t len;
+    bool admin; /* an [admin] listen address: metrics, health, live tunnels; never tunnels */
+};
+
+/* [admin]: while parsing, its own listen list; after loading, its addresses are appended to
+ * struct config's listen (marked admin) and admin.listen is NULL. */
+struct admin_config {
+    struct listen_addr *listen;
+    size_t nlisten;
+    struct cidr_list allow_clients; /* who may use it; loopback by default */
+    char *token_file;               /* NULL = no token required */
+    char *token;                    /* its content, loaded with the config */
 };
 
 struct config {
@@ -50,6 +61,7 @@ struct config {
     unsigned dns_cache;
     /* [timeouts], seconds */
     double timeout_handshake, timeout_dns, timeout_connect, timeout_idle, timeout_shutdown;
+    double timeout_grace; /* after SIGTERM: /healthz says 503 but new clients are still served */
     /* [auth] */
     char *users_file;        /* NULL = no authentication */
     struct auth_users users; /* loaded from users_file */
@@ -62,6 +74,8 @@ struct config {
     /* [log] */
     enum log_level log_level;
     char *access_log; /* "stderr", "off", or a path */
+    /* [admin] */
+    struct admin_config admin;
 };
 
 /* Fill every field with the documented default (listen 127.0.0.1:3128, allow_ports 443,

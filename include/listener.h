@@ -26,5 +26,8 @@ size_t listeners_fds(const struct server *srv, int *fds, size_t max);
 /* Stop accepting and close the sockets; serve_queued: first take the clients already waiting
  * in the accept queues (a drain answers them 503, a retiring worker serves them). */
 void listeners_close(struct server *srv, bool serve_queued);
+/* Draining: close the proxy listeners (serving their queued clients), keep the admin ones, so
+ * /healthz can tell a load balancer that this process is going away. */
+void listeners_close_proxy(struct server *srv);
 
 #endif

@@ -67,6 +67,9 @@ void policy_free_hosts(struct host_list *l);
 void policy_free_cidrs(struct cidr_list *l);
 void policy_free_access(struct access_config *a);
 
+/* True when sa is in one of l's networks (IPv4-mapped matched as IPv4). */
+bool policy_cidrs_contain(const struct cidr_list *l, const struct sockaddr *sa);
+
 /* True when the client address may use the proxy (allow_clients; IPv4-mapped matched as IPv4). */
 bool policy_client_allowed(const struct access_config *a, const struct sockaddr *client);
 

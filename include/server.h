@@ -16,6 +16,7 @@ struct buf;
 struct client_table;
 struct auth_service;
 struct loopguard;
+struct admin_conn;
 
 /* One configuration and what is built from it. A tunnel holds the generation it was accepted
  * under until it ends: a reload never changes a tunnel's rules half-way, and an old
@@ -40,7 +41,7 @@ struct server {
     bool own_listeners;      /* a reload may bind and close listeners (no master, no systemd) */
     bool notify;             /* this process reports to systemd (NOTIFY_SOCKET) */
     unsigned workers;        /* processes sharing [limits] max_connections */
-    unsigned long *shared_active; /* worker's slot for the master's status, or NULL */
+    bool has_master;         /* a worker: the master holds the sockets and counts reloads */
     struct listener **listeners;
     size_t nlisteners;
     int spare_fd;        /* held in reserve so EMFILE can still accept-and-close */
@@ -48,6 +49,7 @@ struct server {
     struct tunnel *dead; /* closed, freed by reaper once the current callbacks return */
     ev_prepare reaper;   /* runs after a loop iteration's callbacks, before it blocks */
     unsigned active;     /* tunnels counted against max_connections */
+    unsigned tunnels;    /* established tunnels (200 sent) */
     unsigned max_active; /* max_connections, lowered to what the fd limit can carry */
     unsigned refusing;   /* connections only being sent a refusal (503 at the limit) */
     struct buf *pool;    /* free relay buffers, linked through their first bytes */
@@ -58,8 +60,16 @@ struct server {
     struct loopguard *loopguard;  /* our own listening addresses */
     ev_timer status_timer;        /* STATUS= for systemd */
     ev_timer sweep_timer;
-    bool draining;
+    ev_timer stats_timer; /* publishes this process's figures for the metrics */
+    unsigned worker;      /* this process's worker index (0 without a master) */
+    bool ready;           /* serving: /healthz says 200 unless unhealthy */
+    bool unhealthy;       /* a stop signal arrived: /healthz says 503 from now on */
+    bool draining;        /* no longer accepting proxy clients */
+    ev_timer grace_timer; /* [timeouts] grace: from the stop signal to the drain */
     ev_timer drain_timer;
+    struct admin_conn *admins; /* open admin-listener connections */
+    unsigned nadmins;
+    struct admin_conn *cursors; /* admin connections walking the live tunnels (GET /tunnels) */
 };
 
 /* Stop accepting and refuse handshakes in progress; established tunnels may finish until the
@@ -71,11 +81,12 @@ struct server_opts {
     struct config *cfg;      /* taken over (zeroed) */
     const int *fds;          /* bound listening sockets, taken over */
     size_t nfds;
-    unsigned max_connections;     /* this process's share */
-    unsigned workers;             /* processes sharing max_connections (1 without a master) */
-    bool own_listeners;           /* see struct server */
-    bool notify;                  /* see struct server */
-    unsigned long *shared_active; /* see struct server */
+    unsigned max_connections; /* this process's share */
+    unsigned workers;         /* processes sharing max_connections (1 without a master) */
+    bool own_listeners;       /* see struct server */
+    bool notify;              /* see struct server */
+    bool has_master;          /* see struct server */
+    unsigned worker;          /* see struct server */
 };
 
 /* Serve until SIGTERM or SIGINT has drained the tunnels (or SIGQUIT: stop accepting and let

@@ -50,6 +50,7 @@ struct tunnel {
     struct endpoint client, upstream;
     ev_timer timer; /* handshake, dns, connect, idle, linger: one timer per tunnel */
     ev_tstamp started, last_active;
+    ev_tstamp established; /* when the 200 was queued; 0 before */
     struct tunnel *prev, *next;
     union sockaddr_any peer, up_addr;
     struct handshake *hs;  /* request, parser, DNS answers: freed once the relay starts */

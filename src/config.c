@@ -11,6 +11,7 @@
  *     inih multi-line continuation of the previous key, and a value-only line is a syntax error.
  * The first error stops parsing; nothing after it is applied. */
 #include "config.h"
+#include "addr.h"
 #include "policy_yaml.h"
 #include "text.h"
 
@@ -65,6 +66,10 @@ enum key_id {
     K_MAX_REQUEST_BYTES,
     K_LOG_LEVEL,
     K_ACCESS_LOG,
+    K_ADMIN_LISTEN,
+    K_ADMIN_ALLOW_CLIENTS,
+    K_ADMIN_TOKEN_FILE,
+    K_TIMEOUT_GRACE,
     K_COUNT
 };
 
@@ -98,10 +103,14 @@ static const struct key_def {
     [K_MAX_REQUEST_BYTES] = {"limits", "max_request_bytes"},
     [K_LOG_LEVEL] = {"log", "level"},
     [K_ACCESS_LOG] = {"log", "access_log"},
+    [K_ADMIN_LISTEN] = {"admin", "listen"},
+    [K_ADMIN_ALLOW_CLIENTS] = {"admin", "allow_clients"},
+    [K_ADMIN_TOKEN_FILE] = {"admin", "token_file"},
+    [K_TIMEOUT_GRACE] = {"timeouts", "grace"},
 };
 
-static const char *const sections[] = {"server", "access", "dns", "timeouts",
-                                       "limits", "log",    "auth"};
+static const char *const sections[] = {"server", "access", "dns",  "timeouts",
+                                       "limits", "log",    "auth", "admin"};
 
 struct ctx {
     struct config *c;
@@ -223,7 +232,9 @@ int config_parse_duration(const char *s, double *seconds) {
 
 /* ---- setters: value -> field, or -1 with a reason in why ---- */
 
-static int set_listen(struct config *c, const char *v, char *why, size_t whylen) {
+/* A listen list ([server] or [admin]) into *out / *nout; admin marks the addresses. */
+static int set_listen(const char *v, bool admin, struct listen_addr **out, size_t *nout, char *why,
+                      size_t whylen) {
     struct listen_addr *l = calloc(count_items(v), sizeof *l);
     char item[ITEM_MAX], e[160];
     size_t n = 0;
@@ -248,6 +259,7 @@ static int set_listen(struct config *c, const char *v, char *why, size_t whylen)
             text_seterr(why, whylen, "bad address '%s': %s", item, e);
             goto fail;
         }
+        l[n].admin = admin;
         for (size_t i = 0; i < n; i++) {
             if (l[i].len == l[n].len && memcmp(&l[i].ss, &l[n].ss, l[n].len) == 0) {
                 text_seterr(why, whylen, "'%s' is listed twice", item);
@@ -256,13 +268,13 @@ static int set_listen(struct config *c, const char *v, char *why, size_t whylen)
         }
         n++;
     }
-    if (n == 0) {
+    if (n == 0 && !admin) {
         text_seterr(why, whylen, "needs at least one host:port, e.g. " DEFAULT_LISTEN);
         goto fail;
     }
-    free(c->listen);
-    c->listen = l;
-    c->nlisten = n;
+    free(*out);
+    *out = l;
+    *nout = n;
     return 0;
 fail:
     free(l);
@@ -490,7 +502,22 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
 
     switch (id) {
     case K_LISTEN:
-        return set_listen(c, v, why, whylen);
+        return set_listen(v, false, &c->listen, &c->nlisten, why, whylen);
+    case K_ADMIN_LISTEN:
+        return set_listen(v, true, &c->admin.listen, &c->admin.nlisten, why, whylen);
+    case K_ADMIN_ALLOW_CLIENTS: {
+        struct cidr_list l;
+
+        if (policy_parse_cidrs(v, &l, why, whylen) != 0)
+            return -1;
+        policy_free_cidrs(&c->admin.allow_clients);
+        c->admin.allow_clients = l;
+        return 0;
+    }
+    case K_ADMIN_TOKEN_FILE:
+        return set_path(&c->admin.token_file, v, why, whylen);
+    case K_TIMEOUT_GRACE:
+        return set_timeout(v, &c->timeout_grace, true, why, whylen);
     case K_ALLOW_PORTS: {
         struct port_list l;
 
@@ -797,6 +824,7 @@ static int set_defaults(struct config *c) {
     bad |= policy_parse_ports(DEFAULT_ALLOW_PORTS, &c->access.allow_ports, NULL, 0) != 0;
     bad |= policy_parse_hosts(DEFAULT_ALLOW_HOSTS, &c->access.allow_hosts, NULL, 0) != 0;
     bad |= policy_parse_cidrs(DEFAULT_ALLOW_CLIENTS, &c->access.allow_clients, NULL, 0) != 0;
+    bad |= policy_parse_cidrs(DEFAULT_ALLOW_CLIENTS, &c->admin.allow_clients, NULL, 0) != 0;
     c->access.deny_private = true;
     c->dns_servers = NULL;
     c->dns_cache = 10000;
@@ -844,15 +872,96 @@ static int resolve_path(struct ctx *x, char **path, int line, const char *key) {
     return 0;
 }
 
+/* The admin token: the file's first line without surrounding whitespace, 16-256 visible ASCII
+ * characters (a Bearer token is compared whole, so anything shorter is guessable). */
+static int load_token(struct config *c, char *why, size_t whylen) {
+    char *buf;
+    size_t n;
+    const char *path = c->admin.token_file;
+
+    if (text_read_file(path, 4096, &buf, &n, why, whylen) != 0)
+        return -1;
+    char *p = buf, *end;
+    while (text_is_space(*p))
+        p++;
+    end = p;
+    while (*end && *end != '\n' && *end != '\r')
+        end++;
+    while (end > p && text_is_space(end[-1]))
+        end--;
+    *end = '\0';
+    size_t len = (size_t)(end - p);
+    for (const char *q = p; *q; q++) {
+        if (*q < 0x21 || *q > 0x7e) {
+            text_seterr(why, whylen, "%s: the token may hold only visible ASCII characters", path);
+            free(buf);
+            return -1;
+        }
+    }
+    if (len < 16 || len > 256) {
+        text_seterr(why, whylen, "%s: the token must be 16 to 256 characters long (has %zu)", path,
+                    len);
+        free(buf);
+        return -1;
+    }
+    c->admin.token = strdup(p);
+    explicit_bzero(buf, n);
+    free(buf);
+    if (!c->admin.token) {
+        text_seterr(why, whylen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* [admin] listen joins [server] listen in one list (marked admin), so binding, socket
+ * activation, reload and the loop guard treat both alike. An address can serve only one. */
+static int merge_admin_listen(struct ctx *x) {
+    struct config *c = x->c;
+    size_t n = c->nlisten + c->admin.nlisten;
+    char name[64];
+
+    for (size_t i = 0; i < c->admin.nlisten; i++) {
+        for (size_t j = 0; j < c->nlisten; j++) {
+            const struct listen_addr *a = &c->admin.listen[i], *b = &c->listen[j];
+            if (a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0) {
+                addr_format((const struct sockaddr *)&a->ss, true, name, sizeof name);
+                fail(x, "%s:%d: [admin] listen: %s is also in [server] listen", x->name,
+                     x->seen[K_ADMIN_LISTEN], name);
+                return -1;
+            }
+        }
+    }
+    if (c->admin.nlisten == 0)
+        return 0;
+    struct listen_addr *l = realloc(c->listen, n * sizeof *l);
+    if (!l) {
+        fail(x, "%s: out of memory", x->name);
+        return -1;
+    }
+    memcpy(l + c->nlisten, c->admin.listen, c->admin.nlisten * sizeof *l);
+    c->listen = l;
+    c->nlisten = n;
+    free(c->admin.listen);
+    c->admin.listen = NULL;
+    return 0;
+}
+
 /* The policy and users files, and the names that must agree between them. */
 static int load_linked_files(struct ctx *x) {
     struct config *c = x->c;
     int pline = x->seen[K_POLICY], uline = x->seen[K_AUTH_USERS_FILE];
     char why[CONFIG_ERR_MAX];
 
+    int tline = x->seen[K_ADMIN_TOKEN_FILE];
     if (resolve_path(x, &c->users_file, uline, "[auth] users_file") != 0 ||
-        resolve_path(x, &c->policy_file, pline, "[access] policy") != 0)
+        resolve_path(x, &c->policy_file, pline, "[access] policy") != 0 ||
+        resolve_path(x, &c->admin.token_file, tline, "[admin] token_file") != 0)
         return -1;
+    if (c->admin.token_file && load_token(c, why, sizeof why) != 0) {
+        fail(x, "%s:%d: [admin] token_file: %s", x->name, tline, why);
+        return -1;
+    }
     if (c->users_file && auth_users_load(c->users_file, &c->users, why, sizeof why) != 0) {
         fail(x, "%s:%d: [auth] users_file: %s", x->name, uline, why);
         return -1;
@@ -916,7 +1025,7 @@ static int load_text(const char *text, size_t len, const char *name, struct conf
         fail(&x, "%s: out of memory", name);
     if (x.failed)
         goto fail;
-    if (load_linked_files(&x) != 0)
+    if (merge_admin_listen(&x) != 0 || load_linked_files(&x) != 0)
         goto fail;
     return 0;
 fail:
@@ -962,5 +1071,11 @@ void config_free(struct config *c) {
     auth_users_free(&c->users);
     free(c->realm);
     free(c->user);
+    free(c->admin.listen);
+    policy_free_cidrs(&c->admin.allow_clients);
+    free(c->admin.token_file);
+    if (c->admin.token)
+        explicit_bzero(c->admin.token, strlen(c->admin.token));
+    free(c->admin.token);
     memset(c, 0, sizeof *c);
 }

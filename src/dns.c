@@ -15,6 +15,7 @@
 
 #include "container.h"
 #include "log.h"
+#include "stats.h"
 
 #define CACHE_TTL_MAX 3600 /* seconds: a longer TTL is capped so answers get refreshed */
 
@@ -384,6 +385,7 @@ struct dns_query *dns_lookup(struct dns *d, const char *name, uint16_t port, dns
 
     struct cache_entry *e = cache_find(d, name);
     if (e) {
+        STATS_INC(c[C_DNS_CACHE_HIT]);
         for (size_t i = 0; i < e->n; i++)
             answer_add(&q->ans, e->a[i].family, e->a[i].bytes, port);
         q->status = DNS_OK;
@@ -394,6 +396,7 @@ struct dns_query *dns_lookup(struct dns *d, const char *name, uint16_t port, dns
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
+    STATS_INC(c[C_DNS_CACHE_MISS]);
     ares_getaddrinfo(d->ch, name, NULL, &hints, ares_cb, q);
     rearm_timer(d);
     return q;

@@ -602,6 +602,8 @@ const char *http_status_text(int status) {
         return "Connection established";
     case 400:
         return "Bad Request";
+    case 401:
+        return "Unauthorized";
     case 403:
         return "Forbidden";
     case 404:

@@ -10,9 +10,11 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "admin.h"
 #include "container.h"
 #include "log.h"
 #include "net.h"
+#include "stats.h"
 #include "tunnel.h"
 
 #define ACCEPT_BATCH   64  /* accepts per wake-up: one busy listener must not starve relays */
@@ -26,13 +28,14 @@ struct listener {
     ev_timer pause;
     struct sockaddr_storage addr; /* as bound (getsockname) */
     socklen_t len;
+    bool admin; /* an [admin] listen address: admin_accept(), not tunnel_accept() */
     char name[ADDR_TEXT_MAX];
 };
 
 static void resume_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)revents;
     struct listener *l = container_of(w, struct listener, pause);
-    if (!l->srv->draining)
+    if (!l->srv->draining || l->admin)
         ev_io_start(loop, &l->w);
 }
 
@@ -49,6 +52,7 @@ static bool may_complain(struct server *srv) {
 }
 
 static void shed_load(struct server *srv, struct listener *l, int err) {
+    STATS_INC(c[C_LIMIT_FDS]);
     if (may_complain(srv))
         log_warn("accept on %s: %s: shedding load (active tunnels %u)", l->name, strerror(err),
                  srv->active);
@@ -99,7 +103,10 @@ static bool accept_some(struct listener *l) {
                 return true;
             }
         }
-        tunnel_accept(l->srv, fd, &peer.sa);
+        if (l->admin)
+            admin_accept(l->srv, fd, &peer.sa);
+        else
+            tunnel_accept(l->srv, fd, &peer.sa);
     }
     return false;
 }
@@ -127,6 +134,17 @@ int listeners_bind(const struct config *cfg, bool reuseport, int *fds, char *err
     return 0;
 }
 
+static bool same_addr(const struct listener *l, const struct listen_addr *la);
+
+/* Whether l's address is one of cfg's [admin] listen addresses (also for sockets from
+ * systemd: an admin address is recognised by what it is bound to). */
+static bool is_admin_addr(const struct listener *l, const struct config *cfg) {
+    for (size_t i = 0; i < cfg->nlisten; i++)
+        if (cfg->listen[i].admin && same_addr(l, &cfg->listen[i]))
+            return true;
+    return false;
+}
+
 /* A listener for fd, named and keyed by the address it is really bound to. */
 static struct listener *listener_new(struct server *srv, int fd) {
     struct listener *l = calloc(1, sizeof *l);
@@ -141,6 +159,7 @@ static struct listener *listener_new(struct server *srv, int fd) {
         addr_format((const struct sockaddr *)&l->addr, true, l->name, sizeof l->name);
     else
         snprintf(l->name, sizeof l->name, "fd %d", fd);
+    l->admin = is_admin_addr(l, &srv->gen->cfg);
     ev_io_init(&l->w, accept_cb, fd, EV_READ);
     ev_init(&l->pause, resume_cb);
     return l;
@@ -173,7 +192,7 @@ int listeners_start(struct server *srv, const int *fds, size_t n, char *err, siz
         srv->listeners[i] = l;
         srv->nlisteners = i + 1;
         ev_io_start(srv->loop, &l->w);
-        log_info("listening on %s", l->name);
+        log_info("listening on %s%s", l->name, l->admin ? " (admin)" : "");
     }
     if (srv->spare_fd == -1)
         srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -206,9 +225,11 @@ static struct listener *find_listener(struct server *srv, const struct listen_ad
 bool listeners_match(struct server *srv, const struct config *cfg) {
     if (cfg->nlisten != srv->nlisteners)
         return false;
-    for (size_t i = 0; i < cfg->nlisten; i++)
-        if (!find_listener(srv, &cfg->listen[i]))
+    for (size_t i = 0; i < cfg->nlisten; i++) {
+        const struct listener *l = find_listener(srv, &cfg->listen[i]);
+        if (!l || l->admin != cfg->listen[i].admin)
             return false;
+    }
     return true;
 }
 
@@ -258,10 +279,11 @@ int listeners_update(struct server *srv, const struct config *cfg, bool reusepor
         }
     }
     for (size_t i = 0; i < cfg->nlisten; i++) {
+        next[i]->admin = cfg->listen[i].admin; /* an address may change its role */
         if (fresh[i]) {
-            if (!srv->draining)
+            if (!srv->draining || next[i]->admin)
                 ev_io_start(srv->loop, &next[i]->w);
-            log_info("listening on %s", next[i]->name);
+            log_info("listening on %s%s", next[i]->name, next[i]->admin ? " (admin)" : "");
         }
     }
     free(srv->listeners);
@@ -277,6 +299,16 @@ size_t listeners_fds(const struct server *srv, int *fds, size_t max) {
         if (srv->listeners[i])
             fds[n++] = srv->listeners[i]->fd;
     return n;
+}
+
+void listeners_close_proxy(struct server *srv) {
+    for (size_t i = 0; i < srv->nlisteners; i++) {
+        struct listener *l = srv->listeners[i];
+        if (l && !l->admin) {
+            srv->listeners[i] = NULL;
+            listener_free(srv, l, true);
+        }
+    }
 }
 
 void listeners_close(struct server *srv, bool serve_queued) {

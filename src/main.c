@@ -19,9 +19,9 @@
 #include "passwd.h"
 #include "privdrop.h"
 #include "server.h"
+#include "version.h"
 
-#define CONNECTD_VERSION "0.1.0"
-#define DEFAULT_CONFIG   "/etc/connectd/proxy.ini"
+#define DEFAULT_CONFIG "/etc/connectd/proxy.ini"
 
 /* -t: the user to switch to must exist. */
 static int check_user(const struct config *cfg, char *err, size_t errlen) {
@@ -195,7 +195,9 @@ int main(int argc, char **argv) {
                                 .max_connections = cfg.max_connections,
                                 .workers = 1,
                                 .own_listeners = !activated,
-                                .notify = true};
+                                .notify = true,
+                                .has_master = false,
+                                .worker = 0};
         rc = server_run(&o);
         free(fds);
     } else {

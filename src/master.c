@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,17 +24,18 @@
 #include "listener.h"
 #include "log.h"
 #include "server.h"
+#include "stats.h"
 
 #define RESTART_DELAY 1.0 /* seconds before restarting a worker that died young */
 #define YOUNG         2.0 /* a worker that dies within this many seconds of its start is young */
-#define MAX_PROCS     256 /* workers and retiring workers at once (status counters) */
+#define MAX_PROCS     256 /* workers and retiring workers at once (stats slots) */
 #define STATUS_EVERY  2.0
 
 struct worker {
     pid_t pid; /* 0 when not running */
     double started;
     double restart_at; /* when a dead worker is due to be started again */
-    int counter;       /* its slot in the shared counters, -1 when none */
+    int counter;       /* its slot in the shared stats, -1 when none */
 };
 
 struct master {
@@ -46,7 +48,7 @@ struct master {
     bool shared_fds;
     struct worker *retiring; /* old workers finishing their tunnels */
     size_t nretiring;
-    unsigned long *counters; /* MAX_PROCS, shared with the workers: their open tunnels */
+    struct stats_shm *stats; /* MAX_PROCS slots, shared with the workers */
     bool counter_used[MAX_PROCS];
     sigset_t oldmask;
 };
@@ -78,24 +80,30 @@ static size_t total_fds(const struct master *m) {
 
 static pid_t spawn(struct master *m, unsigned w) {
     int counter = -1;
-    for (int i = 0; i < MAX_PROCS && m->counters; i++) {
+    for (int i = 0; i < MAX_PROCS && m->stats; i++) {
         if (!m->counter_used[i]) {
             counter = i;
-            m->counters[i] = 0;
+            /* Zeroed and marked before the fork: the worker may count at once. */
+            stats_slot_start(m->stats, (uint32_t)i, (int)w, 0);
             break;
         }
     }
     pid_t pid = fork();
     if (pid == -1) {
         log_error("fork worker %u: %s", w, strerror(errno));
+        if (counter >= 0)
+            stats_slot_fold(m->stats, (uint32_t)counter, 0);
         return -1;
     }
     if (pid > 0) {
         m->ws[w].counter = counter;
-        if (counter >= 0)
+        if (counter >= 0) {
             m->counter_used[counter] = true;
+            __atomic_store_n(&m->stats->slots[counter].pid, (int32_t)pid, __ATOMIC_RELAXED);
+        }
         return pid;
     }
+    stats_attach(m->stats, counter >= 0 ? (uint32_t)counter : UINT32_MAX);
     /* Child: die with the master, keep only this worker's sockets, take signals again. */
     (void)prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() == 1)
@@ -115,17 +123,23 @@ static pid_t spawn(struct master *m, unsigned w) {
         .workers = m->n,
         .own_listeners = false,
         .notify = false,
-        .shared_active = counter >= 0 ? &m->counters[counter] : NULL,
+        .has_master = true,
+        .worker = w,
     };
     int rc = server_run(&o);
     log_close();
     _exit(rc);
 }
 
-static void release_counter(struct master *m, int counter) {
-    if (counter >= 0 && counter < MAX_PROCS) {
+/* A worker has exited: its counts join the retired totals, its slot is free again. */
+static void release_counter(struct master *m, int counter, const struct rusage *ru) {
+    if (counter >= 0 && counter < MAX_PROCS && m->counter_used[counter]) {
+        uint64_t cpu = 0;
+        if (ru)
+            cpu = (uint64_t)ru->ru_utime.tv_sec * 1000000u + (uint64_t)ru->ru_utime.tv_usec +
+                  (uint64_t)ru->ru_stime.tv_sec * 1000000u + (uint64_t)ru->ru_stime.tv_usec;
+        stats_slot_fold(m->stats, (uint32_t)counter, cpu);
         m->counter_used[counter] = false;
-        m->counters[counter] = 0;
     }
 }
 
@@ -151,6 +165,7 @@ static bool same_listen(const struct config *a, const struct config *b) {
         bool found = false;
         for (size_t j = 0; j < b->nlisten && !found; j++)
             found = a->listen[i].len == b->listen[j].len &&
+                    a->listen[i].admin == b->listen[j].admin &&
                     memcmp(&a->listen[i].ss, &b->listen[j].ss, a->listen[i].len) == 0;
         if (!found)
             return false;
@@ -207,9 +222,11 @@ static int replace_workers(struct master *m, struct config *nc, unsigned n) {
     for (unsigned w = 0; w < m->n; w++) {
         if (m->ws[w].pid > 0) {
             kill(m->ws[w].pid, SIGQUIT);
+            if (m->ws[w].counter >= 0)
+                stats_slot_retire(m->stats, (uint32_t)m->ws[w].counter);
             m->retiring[m->nretiring++] = m->ws[w];
         } else {
-            release_counter(m, m->ws[w].counter);
+            release_counter(m, m->ws[w].counter, NULL);
         }
     }
     for (size_t i = 0; i < total_fds(m); i++) {
@@ -252,6 +269,7 @@ static void reload(struct master *m) {
     char err[CONFIG_ERR_MAX];
     struct config nc;
     sd_notify(0, "RELOADING=1");
+    bool ok = false;
     if (config_load_file(m->config_path, &nc, err, sizeof err) != 0) {
         log_error("reload: %s; still serving the previous configuration", err);
         goto done;
@@ -267,24 +285,30 @@ static void reload(struct master *m) {
         m->cfg = nc;
         forward(m, SIGHUP); /* each worker reloads in place */
         log_info("master: reloaded %s", m->config_path);
+        ok = true;
         goto done;
     }
-    if (replace_workers(m, &nc, n) != 0)
+    ok = replace_workers(m, &nc, n) == 0;
+    if (!ok)
         config_free(&nc);
-done:
+done:;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    stats_reload_result(m->stats, ok, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
     sd_notify(0, "READY=1");
 }
 
 static void reap(struct master *m, bool stopping, int *status) {
     pid_t pid;
     int wstatus;
+    struct rusage ru;
     double now = now_mono();
-    while ((pid = waitpid(-1, &wstatus, WNOHANG)) > 0) {
+    while ((pid = wait4(-1, &wstatus, WNOHANG, &ru)) > 0) {
         bool clean = WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0;
         for (size_t i = 0; i < m->nretiring; i++) {
             if (m->retiring[i].pid != pid)
                 continue;
-            release_counter(m, m->retiring[i].counter);
+            release_counter(m, m->retiring[i].counter, &ru);
             m->retiring[i] = m->retiring[--m->nretiring];
             log_info("master: retired worker (pid %ld) has finished", (long)pid);
             if (stopping && !clean)
@@ -296,13 +320,15 @@ static void reap(struct master *m, bool stopping, int *status) {
             if (m->ws[w].pid != pid)
                 continue;
             m->ws[w].pid = 0;
-            release_counter(m, m->ws[w].counter);
+            release_counter(m, m->ws[w].counter, &ru);
             m->ws[w].counter = -1;
             if (stopping) {
                 if (!clean)
                     *status = 1;
                 break;
             }
+            if (m->stats)
+                stats_add(&m->stats->worker_restarts, 1);
             if (WIFSIGNALED(wstatus))
                 log_error("master: worker %u (pid %ld) killed by %s; restarting", w, (long)pid,
                           strsignal(WTERMSIG(wstatus)));
@@ -317,9 +343,10 @@ static void reap(struct master *m, bool stopping, int *status) {
 
 static void report_status(const struct master *m) {
     unsigned long open = 0;
-    for (int i = 0; i < MAX_PROCS; i++)
+    for (int i = 0; i < MAX_PROCS && m->stats; i++)
         if (m->counter_used[i])
-            open += __atomic_load_n(&m->counters[i], __ATOMIC_RELAXED);
+            open += (unsigned long)__atomic_load_n(&m->stats->slots[i].g.connections_open,
+                                                   __ATOMIC_RELAXED);
     sd_notifyf(0, "STATUS=%lu tunnels open, %u workers%s", open,
                running(m) - (unsigned)m->nretiring, m->nretiring ? " (+ retiring)" : "");
 }
@@ -335,9 +362,9 @@ int master_run(const struct master_opts *o) {
     m.nfds = o->nfds;
     m.shared_fds = o->shared_fds;
     m.ws = calloc(m.n, sizeof *m.ws);
-    void *shm = mmap(NULL, MAX_PROCS * sizeof *m.counters, PROT_READ | PROT_WRITE,
-                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    m.counters = shm == MAP_FAILED ? NULL : shm;
+    m.stats = stats_create(MAX_PROCS);
+    if (!m.stats)
+        log_warn("metrics: cannot map the counters (%s); they stay at zero", strerror(errno));
     if (!m.ws) {
         log_error("out of memory");
         return 1;
@@ -419,6 +446,8 @@ int master_run(const struct master_opts *o) {
                     m.ws[w].restart_at = now + RESTART_DELAY;
             }
         }
+        if (m.stats)
+            stats_read_process(&m.stats->master);
         if (now >= next_status) {
             report_status(&m);
             next_status = now + STATUS_EVERY;
@@ -430,8 +459,7 @@ int master_run(const struct master_opts *o) {
     free(m.ws);
     free(m.retiring);
     config_free(&m.cfg);
-    if (m.counters)
-        munmap(m.counters, MAX_PROCS * sizeof *m.counters);
+    stats_destroy(m.stats);
     log_info("master: stopped");
     return status;
 }

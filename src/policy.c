@@ -375,14 +375,18 @@ void policy_free_access(struct access_config *a) {
 
 /* ---- decisions ---- */
 
-bool policy_client_allowed(const struct access_config *a, const struct sockaddr *client) {
-    if (!a || !client)
+bool policy_cidrs_contain(const struct cidr_list *l, const struct sockaddr *sa) {
+    if (!l || !sa)
         return false;
-    /* An empty allow_clients list admits nobody: there is no implicit "everyone". */
-    for (size_t i = 0; i < a->allow_clients.n; i++)
-        if (cidr_match(&a->allow_clients.v[i], client))
+    /* An empty list contains nothing: there is no implicit "everyone". */
+    for (size_t i = 0; i < l->n; i++)
+        if (cidr_match(&l->v[i], sa))
             return true;
     return false;
+}
+
+bool policy_client_allowed(const struct access_config *a, const struct sockaddr *client) {
+    return a && policy_cidrs_contain(&a->allow_clients, client);
 }
 
 static bool port_allowed(const struct port_list *l, uint16_t port) {

@@ -21,7 +21,9 @@
 
 #include "buf.h"
 #include "container.h"
+#include "http.h"
 #include "log.h"
+#include "stats.h"
 #include "tunnel.h"
 
 #define POOL_MAX       64            /* free buffers kept for reuse */
@@ -119,6 +121,21 @@ void relay_pool_free(struct server *srv) {
 
 /* ---- moving bytes ---- */
 
+/* n more bytes were written to dst: count them as they go, so a long download shows in the
+ * metrics while it runs. Towards the client the 200 itself is not tunnel data. */
+static inline void count_sent(struct tunnel *t, struct endpoint *dst, size_t n) {
+    uint64_t before = dst->sent;
+    dst->sent += (uint64_t)n;
+    if (dst != &t->client) {
+        STATS_ADD(c[C_BYTES_UP], n);
+        return;
+    }
+    if (before >= HTTP_CONNECT_OK_LEN)
+        STATS_ADD(c[C_BYTES_DOWN], n);
+    else if (dst->sent > HTTP_CONNECT_OK_LEN)
+        STATS_ADD(c[C_BYTES_DOWN], dst->sent - HTTP_CONNECT_OK_LEN);
+}
+
 static const char *reset_reason(const struct tunnel *t, const struct endpoint *e) {
     return e == &t->client ? "client_reset" : "upstream_reset";
 }
@@ -157,7 +174,7 @@ static ssize_t drain_buf(struct tunnel *t, struct endpoint *src, struct endpoint
             return -1;
         }
         buf_consume(b, (size_t)n);
-        dst->sent += (uint64_t)n;
+        count_sent(t, dst, (size_t)n);
         if (buf_len(b) > 0)
             break; /* a short write means the socket buffer is full: skip the EAGAIN call */
     }
@@ -178,7 +195,7 @@ static ssize_t drain_pipe(struct tunnel *t, struct endpoint *src, struct endpoin
             return -1;
         }
         src->piped -= (size_t)n;
-        dst->sent += (uint64_t)n;
+        count_sent(t, dst, (size_t)n);
     }
     return (ssize_t)src->piped;
 }

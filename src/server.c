@@ -11,6 +11,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "admin.h"
 #include "auth_service.h"
 #include "clients.h"
 #include "container.h"
@@ -18,6 +19,7 @@
 #include "listener.h"
 #include "log.h"
 #include "loopguard.h"
+#include "stats.h"
 #include "tunnel.h"
 
 static void reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
@@ -47,9 +49,11 @@ void server_drain(struct server *srv) {
     if (srv->draining)
         return;
     srv->draining = true;
+    srv->unhealthy = true;
+    ev_timer_stop(srv->loop, &srv->grace_timer);
     if (srv->notify)
         sd_notify(0, "STOPPING=1");
-    listeners_close(srv, true);
+    listeners_close_proxy(srv); /* the admin listener stays: /healthz says 503 until the end */
     tunnel_refuse_handshakes(srv);
     log_info("shutting down: %u tunnels open, waiting up to %.0fs", srv->active,
              srv->gen->cfg.timeout_shutdown);
@@ -73,15 +77,32 @@ static void server_retire(struct server *srv) {
         ev_break(srv->loop, EVBREAK_ALL);
 }
 
-static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents) {
+static void grace_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)loop;
+    (void)revents;
+    server_drain(container_of(w, struct server, grace_timer));
+}
+
+static void stop_cb(struct ev_loop *loop, ev_signal *w, int revents) {
     (void)revents;
     struct server *srv = w->data;
     log_info("received %s", strsignal(w->signum));
-    if (w->signum == SIGQUIT)
+    if (w->signum == SIGQUIT) {
         server_retire(srv);
-    else
-        server_drain(srv);
+        return;
+    }
+    /* [timeouts] grace: first only tell load balancers (/healthz 503) while still serving, so
+     * they stop sending clients before this process stops accepting. A second signal drains at
+     * once. */
+    double grace = srv->gen->cfg.timeout_grace;
+    if (grace > 0 && !srv->unhealthy) {
+        srv->unhealthy = true;
+        log_info("stopping: /healthz answers 503; still accepting for %.3gs (grace)", grace);
+        ev_timer_set(&srv->grace_timer, grace, 0.);
+        ev_timer_start(loop, &srv->grace_timer);
+        return;
+    }
+    server_drain(srv);
 }
 
 static void sweep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -100,15 +121,20 @@ static void usr1_cb(struct ev_loop *loop, ev_signal *w, int revents) {
         log_info("SIGUSR1: access log reopened");
 }
 
-/* STATUS= for `systemctl status`, and the worker's count for the master's. */
+/* STATUS= for `systemctl status`. */
 static void status_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)loop;
     (void)revents;
     struct server *srv = container_of(w, struct server, status_timer);
-    if (srv->shared_active)
-        __atomic_store_n(srv->shared_active, (unsigned long)srv->active, __ATOMIC_RELAXED);
     if (srv->notify)
         sd_notifyf(0, "STATUS=%u tunnels open", srv->active);
+}
+
+/* Figures that are cheaper read once a second than kept up to date: pools, CPU, memory, fds. */
+static void stats_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)loop;
+    (void)revents;
+    admin_publish(container_of(w, struct server, stats_timer));
 }
 
 /* Each tunnel needs two fds; raise the soft limit as far as the hard limit allows, and serve
@@ -142,6 +168,7 @@ static unsigned fit_fd_limit(unsigned want) {
 
 /* Free what server_run() set up; each part may be absent. */
 static void server_free(struct server *srv) {
+    admin_close_all(srv);
     listeners_close(srv, false);
     tunnel_reap(srv);
     relay_pool_free(srv);
@@ -183,6 +210,7 @@ static void reload(struct server *srv) {
     struct config nc;
     if (srv->notify)
         sd_notify(0, "RELOADING=1");
+    bool ok = false;
     if (config_load_file(srv->config_path, &nc, err, sizeof err) != 0) {
         log_error("reload: %s; still serving the previous configuration", err);
         goto done;
@@ -191,7 +219,7 @@ static void reload(struct server *srv) {
     if (relisten && !srv->own_listeners) {
         log_warn("reload: [server] listen changed, but the listening sockets are %s; "
                  "keeping them",
-                 srv->shared_active ? "the master's" : "systemd's");
+                 srv->has_master ? "the master's" : "systemd's");
         relisten = false;
     }
     if (relisten && listeners_update(srv, &nc, false, err, sizeof err) != 0) {
@@ -219,7 +247,10 @@ static void reload(struct server *srv) {
     gen_unref(old); /* freed with the last tunnel that still uses it */
     log_info("reloaded %s", srv->config_path);
     log_set_level(level); /* after saying so: a quieter level would hide the line */
+    ok = true;
 done:
+    if (!srv->has_master) /* with a master, the master counts reloads */
+        stats_reload_result(stats_shm, ok, ev_time());
     if (srv->notify)
         sd_notify(0, "READY=1");
 }
@@ -239,7 +270,17 @@ int server_run(const struct server_opts *o) {
     srv.config_path = o->config_path;
     srv.own_listeners = o->own_listeners;
     srv.notify = o->notify;
-    srv.shared_active = o->shared_active;
+    srv.has_master = o->has_master;
+    srv.worker = o->worker;
+    if (!stats_shm) { /* no master made the shared counters: this process's own */
+        struct stats_shm *shm = stats_create(1);
+        if (shm) {
+            stats_slot_start(shm, 0, 0, getpid());
+            stats_attach(shm, 0);
+        } else {
+            log_warn("metrics: cannot map the counters (%s); they stay at zero", strerror(errno));
+        }
+    }
     srv.workers = o->workers ? o->workers : 1;
     srv.loop = ev_default_loop(EVFLAG_AUTO);
     if (!srv.loop) {
@@ -252,6 +293,8 @@ int server_run(const struct server_opts *o) {
     ev_init(&srv.drain_timer, drain_timeout_cb);
     ev_init(&srv.sweep_timer, sweep_cb);
     ev_timer_init(&srv.status_timer, status_cb, 0., 2.);
+    ev_timer_init(&srv.stats_timer, stats_cb, 0., 1.);
+    ev_init(&srv.grace_timer, grace_cb);
 
     srv.gen = gen_new(srv.loop, o->cfg, err, sizeof err);
     if (!srv.gen)
@@ -279,6 +322,8 @@ int server_run(const struct server_opts *o) {
     ev_signal_start(srv.loop, &sighup);
     ev_signal_start(srv.loop, &sigusr1);
     ev_timer_again(srv.loop, &srv.status_timer);
+    ev_timer_again(srv.loop, &srv.stats_timer);
+    admin_publish(&srv);
     sigset_t held;
     sigemptyset(&held);
     sigaddset(&held, SIGTERM);
@@ -291,11 +336,13 @@ int server_run(const struct server_opts *o) {
              srv.gen->auth ? ", proxy authentication on" : "");
     if (srv.notify)
         sd_notify(0, "READY=1\nSTATUS=0 tunnels open");
+    srv.ready = true;
 
     ev_run(srv.loop, 0);
 
     log_info("stopped");
     ev_timer_stop(srv.loop, &srv.status_timer);
+    ev_timer_stop(srv.loop, &srv.stats_timer);
     ev_signal_stop(srv.loop, &sigterm);
     ev_signal_stop(srv.loop, &sigint);
     ev_signal_stop(srv.loop, &sigquit);
@@ -309,6 +356,7 @@ fail:
         sd_notifyf(0, "STATUS=failed to start: %s", err);
 done:
     ev_timer_stop(srv.loop, &srv.drain_timer);
+    ev_timer_stop(srv.loop, &srv.grace_timer);
     ev_timer_stop(srv.loop, &srv.sweep_timer);
     server_free(&srv);
     ev_loop_destroy(srv.loop);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "admin.h"
 #include "auth_service.h"
 #include "buf.h"
 #include "clients.h"
@@ -25,6 +26,7 @@
 #include "net.h"
 #include "policy.h"
 #include "rules.h"
+#include "stats.h"
 
 #define LINGER_SECONDS 2.0  /* after a refusal, wait this long for the client to close */
 #define REPLY_SECONDS  5.0  /* a refusal must be written within this */
@@ -52,7 +54,8 @@ struct handshake {
     const char *deny_class; /* set when an address was refused as private */
     bool denied_host;       /* set when an address was refused by deny_hosts */
     ev_tstamp connect_deadline;
-    char *reply; /* REPLY_MAX bytes, allocated only for a refusal */
+    ev_tstamp dns_started, dial_started; /* for the DNS and dial time histograms */
+    char *reply;                         /* REPLY_MAX bytes, allocated only for a refusal */
     size_t replylen, replyoff;
     const char *reason; /* close reason once the refusal is sent */
     char inline_req[];  /* the first REQ_INITIAL bytes of the request, in the same allocation */
@@ -192,6 +195,7 @@ static void refuse_with(struct tunnel *t, int status, const char *proxy_error, c
     if (hs->replylen == 0) /* details too long for the buffer: drop them */
         hs->replylen =
             http_build_error(hs->reply, REPLY_MAX, status, proxy_error, params, NULL, extra);
+    stats_refusal(status, proxy_error, reason);
     send_reply(t, status);
 }
 
@@ -252,6 +256,7 @@ static void dns_done(void *arg, enum dns_status status, const struct dns_answer 
     struct tunnel *t = arg;
     struct handshake *hs = t->hs;
     hs->dnsq = NULL;
+    stats_observe(HIST_DNS, ev_now(t->srv->loop) - hs->dns_started);
     if (status == DNS_TIMEOUT) {
         refuse(t, 504, "dns_timeout", NULL, detail, "dns_timeout");
         return;
@@ -339,6 +344,7 @@ static void policy_step(struct tunnel *t) {
     }
     t->state = TUNNEL_RESOLVING;
     arm_timer(t, cfg->timeout_dns);
+    hs->dns_started = ev_now(t->srv->loop);
     hs->dnsq = dns_lookup(t->gen->dns, req->host, req->port, dns_done, t);
     if (!hs->dnsq)
         refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
@@ -358,13 +364,16 @@ static void auth_result(struct tunnel *t, enum auth_result res, const char *user
             return;
         }
         t->user = u->name;
+        STATS_INC(c[C_AUTH_OK]);
         auth_service_succeeded(t->gen->auth, &t->peer.sa);
         policy_step(t);
         return;
     case AUTH_MISSING:
+        STATS_INC(c[C_AUTH_MISSING]);
         refuse_auth(t, "proxy credentials required", "auth_required");
         return;
     case AUTH_BAD:
+        STATS_INC(c[C_AUTH_BAD]);
         auth_service_failed(t->gen->auth, &t->peer.sa);
         addr_format(&t->peer.sa, false, client, sizeof client);
         log_escape(name, sizeof name, user ? user : "", user ? strlen(user) : 0);
@@ -372,6 +381,7 @@ static void auth_result(struct tunnel *t, enum auth_result res, const char *user
         refuse_auth(t, "wrong proxy credentials", "auth_failed");
         return;
     case AUTH_BUSY:
+        STATS_INC(c[C_AUTH_BUSY]);
         refuse(t, 503, "proxy_internal_response", NULL, "too many logins waiting", "auth_busy");
         return;
     case AUTH_PENDING:
@@ -477,6 +487,7 @@ static void serve_pac(struct tunnel *t) {
     }
     hs->replylen = (size_t)n;
     t->pac = true;
+    STATS_INC(outcome[OUTCOME_PAC]);
     send_reply(t, 200);
 }
 
@@ -586,6 +597,14 @@ static void connected(struct tunnel *t) {
     ev_io_stop(t->srv->loop, &t->client.rw);
     ev_timer_stop(t->srv->loop, &t->timer);
     t->status = 200;
+    /* Counted before the relay starts: its first flush may already close the tunnel. */
+    ev_tstamp now = ev_now(t->srv->loop);
+    t->established = now;
+    t->srv->tunnels++;
+    STATS_INC(outcome[OUTCOME_ESTABLISHED]);
+    stats_observe(HIST_CONNECT, now - t->started);
+    stats_observe(HIST_DIAL, now - hs->dial_started);
+    stats_set(&stats_me->g.tunnels_open, t->srv->tunnels);
     size_t early = hs->reqlen - hs->parser.req.header_len;
     if (relay_start(t, HTTP_CONNECT_OK, HTTP_CONNECT_OK_LEN, hs->req + hs->parser.req.header_len,
                     early) == -1) {
@@ -746,6 +765,8 @@ static void dial_next(struct tunnel *t) {
             continue;
         }
         t->upstream.fd = fd;
+        if (hs->dial_started == 0)
+            hs->dial_started = now;
         ev_io_set(&t->upstream.ww, fd, EV_WRITE);
         ev_set_cb(&t->upstream.ww, connect_cb);
         ev_io_start(t->srv->loop, &t->upstream.ww);
@@ -775,6 +796,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         return;
     case TUNNEL_AUTHENTICATING:
         if (t->hs->authw) {
+            STATS_INC(c[C_AUTH_TIMEOUT]);
             refuse(t, 503, "proxy_internal_response", NULL, "credentials not verified in time",
                    "auth_timeout");
             return;
@@ -858,6 +880,7 @@ static bool admission(struct server *srv, const struct sockaddr *peer, struct cl
         return false;
     }
     if (srv->active >= srv->max_active) {
+        STATS_INC(c[C_LIMIT_MAX_CONNECTIONS]);
         *r = (struct refusal){503, "proxy_internal_response", "too many connections", "overload"};
         return false;
     }
@@ -867,10 +890,12 @@ static bool admission(struct server *srv, const struct sockaddr *peer, struct cl
     case CLIENT_OK:
         return true;
     case CLIENT_TOO_MANY:
+        STATS_INC(c[C_LIMIT_PER_CLIENT]);
         *r = (struct refusal){503, "http_request_denied", "too many connections from this client",
                               "client_limit"};
         return false;
     case CLIENT_TOO_FAST:
+        STATS_INC(c[C_LIMIT_PER_CLIENT_RATE]);
         *r = (struct refusal){503, "http_request_denied", "connection rate limit exceeded",
                               "client_rate"};
         return false;
@@ -883,8 +908,11 @@ void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
     struct client_entry *ce;
     struct refusal r;
     /* Decide before counting: a refused client must not hold one of max_connections' slots. */
+    STATS_INC(c[C_ACCEPTED]);
     bool ok = admission(srv, peer, &ce, &r);
     if (!ok && srv->refusing >= REFUSING_MAX) {
+        STATS_INC(c[C_LIMIT_REFUSING]);
+        STATS_INC(outcome[OUTCOME_ABORTED]);
         close(fd);
         return;
     }
@@ -900,6 +928,7 @@ void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
         free(hs);
         if (ce)
             clients_release(srv->clients, ce, ev_now(srv->loop));
+        STATS_INC(outcome[OUTCOME_ABORTED]);
         close(fd);
         return;
     }
@@ -930,11 +959,13 @@ void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
     t->state = TUNNEL_READ_REQUEST;
     if (!ok) {
         srv->refusing++;
+        stats_set(&stats_me->g.connections_open, srv->active + srv->refusing);
         refuse(t, r.status, r.proxy_error, NULL, r.details, r.reason);
         return;
     }
     t->counted = true;
     srv->active++;
+    stats_set(&stats_me->g.connections_open, srv->active + srv->refusing);
     net_tune(fd);
     ev_io_start(srv->loop, &t->client.rw);
     arm_timer(t, cfg->timeout_handshake);
@@ -1015,6 +1046,17 @@ void tunnel_close(struct tunnel *t, const char *reason) {
         srv->active--;
     else
         srv->refusing--;
+    stats_set(&stats_me->g.connections_open, srv->active + srv->refusing);
+    if (t->established != 0) {
+        srv->tunnels--;
+        stats_set(&stats_me->g.tunnels_open, srv->tunnels);
+        stats_closed(reason);
+        stats_observe(HIST_TUNNEL, ev_now(srv->loop) - t->established);
+    } else if (t->status == 0) {
+        STATS_INC(outcome[OUTCOME_ABORTED]);
+    }
+    if (srv->cursors)
+        admin_tunnel_gone(srv, t);
     if (t->prev)
         t->prev->next = t->next;
     else
