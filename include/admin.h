@@ -19,7 +19,10 @@ struct tunnel;
 void admin_accept(struct server *srv, int fd, const struct sockaddr *peer);
 /* Tunnel t is leaving the live list: move any GET /tunnels cursor on it along. */
 void admin_tunnel_gone(struct server *srv, struct tunnel *t);
-/* Close every admin connection (the process is exiting). */
+/* A worker: listen for the other workers' requests for its tunnels (GET /tunnels gathers every
+ * worker's). Returns 0, or -1 (then /tunnels on the others lacks this worker's). */
+int admin_peer_listen(struct server *srv);
+/* Close every admin connection and the peer socket (the process is exiting). */
 void admin_close_all(struct server *srv);
 /* Refresh this process's published figures (pools, CPU, memory, fds). */
 void admin_publish(struct server *srv);

@@ -18,7 +18,8 @@
 
 enum admin_parse { ADMIN_PARSE_MORE = 1, ADMIN_PARSE_DONE, ADMIN_PARSE_ERROR };
 
-/* On DONE every field is set; on ERROR status and reason are; on MORE the fields say nothing. */
+/* On DONE every field but status and reason is set; on ERROR status and reason are (the other
+ * fields hold whatever was read before the error); on MORE the fields say nothing. */
 struct admin_request {
     char method[ADMIN_METHOD_SIZE]; /* as sent, e.g. "GET" */
     char path[ADMIN_PATH_MAX + 1];  /* target up to '?', e.g. "/metrics" (no decoding) */

@@ -70,6 +70,8 @@ struct server {
     struct admin_conn *admins; /* open admin-listener connections */
     unsigned nadmins;
     struct admin_conn *cursors; /* admin connections walking the live tunnels (GET /tunnels) */
+    int peer_fd;                /* workers: where the others ask for our tunnels; -1 */
+    ev_io peer_w;
 };
 
 /* Stop accepting and refuse handshakes in progress; established tunnels may finish until the

@@ -6,13 +6,20 @@
  * socket can take more, at most TUNNELS_BATCH tunnels are turned into JSON (jansson), so a list
  * of 10,000 tunnels never holds the loop for long, and a cursor that tunnel_close() moves along
  * keeps the walk safe while tunnels come and go. Every connection gets exactly one response and
- * is then closed (Connection: close). */
+ * is then closed (Connection: close).
+ *
+ * With workers, each worker knows only its own tunnels. The worker that takes GET /tunnels lists
+ * its own, then asks every other worker in turn over a private AF_UNIX socket (abstract name
+ * "connectd-MASTERPID-WORKERPID", same user only): the peer streams its tunnels as one JSON object
+ * a line, which are passed on as they come, under the same backpressure and limit. */
 #include "admin.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -33,6 +40,7 @@
 #define TUNNELS_DEFAULT 1000        /* GET /tunnels without ?limit= */
 #define OUT_HIGH        (64 * 1024) /* stop producing while this much waits to be sent */
 #define LINGER_SECONDS  2.0
+#define PEER_LINE_MAX   4096 /* one tunnel's JSON from a peer worker */
 
 enum admin_state {
     ADMIN_READ = 1,
@@ -53,6 +61,14 @@ struct admin_conn {
     struct tunnel *cursor;
     struct admin_conn *cprev, *cnext;
     unsigned long limit, listed;
+    bool internal;  /* a peer worker asking for our tunnels: "limit N\n", answered in lines */
+    bool gathering; /* our own tunnels are listed; now the peers' */
+    bool truncated;
+    int peer_fd;        /* the peer being read, or -1 */
+    uint32_t next_slot; /* the stats slot to ask next */
+    ev_io pw;
+    size_t plen;
+    char pbuf[PEER_LINE_MAX];
     struct obuf out;
     size_t off; /* bytes of out already sent */
     int status;
@@ -62,6 +78,9 @@ struct admin_conn {
 
 static void admin_close(struct admin_conn *c);
 static void write_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void read_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void internal_read_cb(struct ev_loop *loop, ev_io *w, int revents);
+static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 
 /* ---- the cursor list ---- */
 
@@ -221,16 +240,43 @@ static void append_json(struct obuf *b, const json_t *o) {
     }
 }
 
-/* Turn the next batch of tunnels into JSON; the closing bracket once the walk ends. */
+static void end_list(struct admin_conn *c) {
+    c->gathering = false;
+    if (!c->internal)
+        obuf_printf(&c->out, "\n],\"count\":%lu,\"truncated\":%s}\n", c->listed,
+                    c->truncated ? "true" : "false");
+}
+
+/* Between objects: a comma in the HTTP answer; a peer's answer is one object a line. */
+static void object_start(struct admin_conn *c) {
+    if (!c->internal)
+        obuf_puts(&c->out, c->listed ? ",\n" : "\n");
+}
+
+static void object_end(struct admin_conn *c) {
+    if (c->internal)
+        obuf_puts(&c->out, "\n");
+    c->listed++;
+}
+
+static void ask_next_peer(struct admin_conn *c);
+
+/* Turn the next batch of tunnels into JSON; then the peers' tunnels, or the end. */
 static void produce_tunnels(struct admin_conn *c) {
     struct server *srv = c->srv;
     ev_tstamp now = ev_time();
     for (int n = 0; n < TUNNELS_BATCH && c->out.len - c->off < OUT_HIGH; n++) {
         struct tunnel *t = c->cursor;
         if (!t || c->listed >= c->limit) {
-            obuf_printf(&c->out, "\n],\"count\":%lu,\"truncated\":%s}\n", c->listed,
-                        t ? "true" : "false");
+            c->truncated = t != NULL;
             cursor_stop(c);
+            if (c->internal || c->truncated || !srv->has_master) {
+                end_list(c);
+                return;
+            }
+            c->gathering = true;
+            c->next_slot = 0;
+            ask_next_peer(c);
             return;
         }
         c->cursor = t->next;
@@ -239,11 +285,112 @@ static void produce_tunnels(struct admin_conn *c) {
             c->out.failed = true;
             return;
         }
-        obuf_puts(&c->out, c->listed ? ",\n" : "\n");
+        object_start(c);
         append_json(&c->out, o);
         json_decref(o);
-        c->listed++;
+        object_end(c);
     }
+}
+
+/* ---- the other workers' tunnels ---- */
+
+static void peer_name(struct sockaddr_un *sun, socklen_t *len, pid_t master, pid_t worker) {
+    memset(sun, 0, sizeof *sun);
+    sun->sun_family = AF_UNIX;
+    int n = snprintf(sun->sun_path + 1, sizeof sun->sun_path - 1, "connectd-%ld-%ld", (long)master,
+                     (long)worker);
+    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+static void peer_done(struct admin_conn *c) {
+    if (c->peer_fd == -1)
+        return;
+    ev_io_stop(c->srv->loop, &c->pw);
+    close(c->peer_fd);
+    c->peer_fd = -1;
+    c->plen = 0;
+}
+
+/* Pass complete lines (one tunnel each) on to the client. */
+static void take_lines(struct admin_conn *c) {
+    size_t start = 0;
+    for (size_t i = 0; i < c->plen; i++) {
+        if (c->pbuf[i] != '\n')
+            continue;
+        if (i > start) {
+            if (c->listed >= c->limit) {
+                c->truncated = true;
+                break;
+            }
+            object_start(c);
+            obuf_append(&c->out, c->pbuf + start, i - start);
+            object_end(c);
+        }
+        start = i + 1;
+    }
+    memmove(c->pbuf, c->pbuf + start, c->plen - start);
+    c->plen -= start;
+}
+
+static void peer_read_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)revents;
+    struct admin_conn *c = container_of(w, struct admin_conn, pw);
+    if (c->out.len - c->off >= OUT_HIGH) { /* the client is slow: wait for it */
+        ev_io_stop(loop, w);
+        return;
+    }
+    ssize_t n = recv(c->peer_fd, c->pbuf + c->plen, sizeof c->pbuf - c->plen, 0);
+    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n > 0) {
+        c->plen += (size_t)n;
+        take_lines(c);
+        if (c->plen == sizeof c->pbuf) {
+            log_warn("admin: a worker sent a tunnel longer than %d bytes", PEER_LINE_MAX);
+            n = -1;
+        }
+    }
+    if (n <= 0 || c->truncated) {
+        peer_done(c);
+        if (c->truncated)
+            end_list(c);
+        else
+            ask_next_peer(c);
+    }
+    ev_io_start(loop, &c->ww);
+}
+
+/* Ask the next live worker for its tunnels; end the list when there is none left. */
+static void ask_next_peer(struct admin_conn *c) {
+    pid_t self = getpid(), master = getppid();
+    while (stats_shm && c->next_slot < stats_shm->nslots) {
+        const struct stats_slot *sl = &stats_shm->slots[c->next_slot++];
+        pid_t pid = (pid_t)__atomic_load_n(&sl->pid, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) == SLOT_FREE || pid <= 0 || pid == self)
+            continue;
+        struct sockaddr_un sun;
+        socklen_t len;
+        peer_name(&sun, &len, master, pid);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd == -1)
+            break;
+        char req[32];
+        int rl = snprintf(req, sizeof req, "limit %lu\n", c->limit - c->listed);
+        /* A local stream socket connects at once (or fails: the worker is gone or starting);
+         * the request fits any socket buffer. */
+        if (connect(fd, (struct sockaddr *)&sun, len) == -1 ||
+            send(fd, req, (size_t)rl, MSG_NOSIGNAL) != rl) {
+            log_debug("admin: worker pid %ld did not answer for /tunnels: %s", (long)pid,
+                      strerror(errno));
+            close(fd);
+            continue;
+        }
+        c->peer_fd = fd;
+        ev_io_init(&c->pw, peer_read_cb, fd, EV_READ);
+        ev_io_start(c->srv->loop, &c->pw);
+        return;
+    }
+    end_list(c);
 }
 
 static void write_cb(struct ev_loop *loop, ev_io *w, int revents) {
@@ -259,6 +406,15 @@ static void write_cb(struct ev_loop *loop, ev_io *w, int revents) {
     }
     if (flush_out(c) == -1)
         return;
+    if (c->gathering) {
+        /* The peer's reader fills out; this watcher only runs while there is something to
+         * send (a level-triggered write watcher on an empty buffer would spin). */
+        if (c->out.len < OUT_HIGH && c->peer_fd != -1)
+            ev_io_start(c->srv->loop, &c->pw);
+        if (c->out.len == 0)
+            ev_io_stop(c->srv->loop, &c->ww);
+        return;
+    }
     if (!c->streaming && c->out.len == 0)
         finish(c);
     /* else: the write watcher stays on; the next round sends or produces more */
@@ -328,6 +484,22 @@ static void serve_healthz(struct admin_conn *c, bool head_only) {
             head_only);
 }
 
+/* Walk the live tunnels from the newest, as the socket takes them (write_cb). */
+static void start_list(struct admin_conn *c, unsigned long limit) {
+    struct server *srv = c->srv;
+    c->state = ADMIN_WRITE;
+    c->limit = limit;
+    c->listed = 0;
+    c->cursor = srv->live;
+    c->streaming = true;
+    c->cnext = srv->cursors;
+    if (srv->cursors)
+        srv->cursors->cprev = c;
+    srv->cursors = c;
+    ev_io_stop(srv->loop, &c->rw);
+    ev_io_start(srv->loop, &c->ww);
+}
+
 static void serve_tunnels(struct admin_conn *c, const struct admin_request *r, bool head_only) {
     struct server *srv = c->srv;
     unsigned long limit = TUNNELS_DEFAULT;
@@ -342,18 +514,12 @@ static void serve_tunnels(struct admin_conn *c, const struct admin_request *r, b
     obuf_puts(&c->out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                        "Cache-Control: no-store\r\nConnection: close\r\n\r\n");
     c->state = ADMIN_WRITE;
-    ev_io_stop(srv->loop, &c->rw);
     if (!head_only) {
         obuf_puts(&c->out, "{\"tunnels\":[");
-        c->limit = limit;
-        c->listed = 0;
-        c->cursor = srv->live;
-        c->streaming = true;
-        c->cnext = srv->cursors;
-        if (srv->cursors)
-            srv->cursors->cprev = c;
-        srv->cursors = c;
+        start_list(c, limit);
+        return;
     }
+    ev_io_stop(srv->loop, &c->rw);
     ev_io_start(srv->loop, &c->ww);
 }
 
@@ -419,7 +585,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)loop;
     (void)revents;
     struct admin_conn *c = container_of(w, struct admin_conn, timer);
-    if (c->state == ADMIN_READ)
+    if (c->state == ADMIN_READ && !c->internal)
         refuse(c, 408, "request not received in time", NULL);
     else
         admin_close(c); /* no write progress, or the linger is over */
@@ -428,6 +594,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 static void admin_close(struct admin_conn *c) {
     struct server *srv = c->srv;
     cursor_stop(c);
+    peer_done(c);
     ev_io_stop(srv->loop, &c->rw);
     ev_io_stop(srv->loop, &c->ww);
     ev_timer_stop(srv->loop, &c->timer);
@@ -443,19 +610,18 @@ static void admin_close(struct admin_conn *c) {
     free(c);
 }
 
-void admin_accept(struct server *srv, int fd, const struct sockaddr *peer) {
+/* A connection reading its request (an HTTP one, or a peer worker's line), on srv->admins. */
+static struct admin_conn *conn_new(struct server *srv, int fd, bool internal) {
     struct admin_conn *c = calloc(1, sizeof *c);
-    if (!c) {
-        log_error("admin: out of memory accepting a connection");
-        close(fd);
-        return;
-    }
+    if (!c)
+        return NULL;
     c->srv = srv;
     c->fd = fd;
-    memcpy(&c->peer, peer, peer->sa_family == AF_INET6 ? sizeof c->peer.sin6 : sizeof c->peer.sin);
+    c->peer_fd = -1;
+    c->internal = internal;
     c->out.max = 64 * 1024 * 1024;
     c->state = ADMIN_READ;
-    ev_io_init(&c->rw, read_cb, fd, EV_READ);
+    ev_io_init(&c->rw, internal ? internal_read_cb : read_cb, fd, EV_READ);
     ev_io_init(&c->ww, write_cb, fd, EV_WRITE);
     ev_timer_init(&c->timer, timer_cb, ADMIN_TIMEOUT, ADMIN_TIMEOUT);
     c->next = srv->admins;
@@ -464,6 +630,48 @@ void admin_accept(struct server *srv, int fd, const struct sockaddr *peer) {
     srv->admins = c;
     srv->nadmins++;
     ev_timer_start(srv->loop, &c->timer);
+    return c;
+}
+
+/* At the connection cap: make room by dropping the connection that has been sending its request
+ * the longest (a slow client, or a slowloris), as a 408. A scraper sends its request at once,
+ * so it always gets through; a flood of slow clients only evicts itself. False when every
+ * connection is already answering. */
+static bool evict_slowest(struct server *srv) {
+    struct admin_conn *oldest = NULL;
+    for (struct admin_conn *c = srv->admins; c; c = c->next)
+        if (c->state == ADMIN_READ && !c->internal)
+            oldest = c; /* the list is newest first */
+    if (!oldest)
+        return false;
+    stats_admin_request(408);
+    admin_close(oldest);
+    return true;
+}
+
+/* Refuse without allocating anything: at the cap, a flood must not cost memory. */
+static void refuse_now(int fd, int status, const char *details) {
+    char reply[512];
+    size_t n = http_build_error(reply, sizeof reply, status, "proxy_internal_response", NULL,
+                                details, NULL);
+    stats_admin_request(status);
+    if (n)
+        (void)send(fd, reply, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    close(fd);
+}
+
+void admin_accept(struct server *srv, int fd, const struct sockaddr *peer) {
+    if (srv->nadmins >= ADMIN_MAX_CONNS && !evict_slowest(srv)) {
+        refuse_now(fd, 503, "too many admin connections");
+        return;
+    }
+    struct admin_conn *c = conn_new(srv, fd, false);
+    if (!c) {
+        log_error("admin: out of memory accepting a connection");
+        close(fd);
+        return;
+    }
+    memcpy(&c->peer, peer, peer->sa_family == AF_INET6 ? sizeof c->peer.sin6 : sizeof c->peer.sin);
     const struct config *cfg = &srv->gen->cfg;
     if (!policy_cidrs_contain(&cfg->admin.allow_clients, peer)) {
         char client[ADDR_TEXT_MAX];
@@ -472,15 +680,86 @@ void admin_accept(struct server *srv, int fd, const struct sockaddr *peer) {
         refuse(c, 403, "client not allowed", NULL);
         return;
     }
-    if (srv->nadmins > ADMIN_MAX_CONNS) {
-        refuse(c, 503, "too many admin connections", NULL);
-        return;
-    }
     ev_io_start(srv->loop, &c->rw);
     read_cb(srv->loop, &c->rw, EV_READ); /* the request usually came with the handshake */
 }
 
+/* ---- answering another worker's GET /tunnels ---- */
+
+static void internal_read_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    (void)revents;
+    struct admin_conn *c = container_of(w, struct admin_conn, rw);
+    ssize_t n = recv(c->fd, c->req + c->reqlen, 64 - c->reqlen, 0);
+    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n <= 0) {
+        admin_close(c);
+        return;
+    }
+    c->reqlen += (size_t)n;
+    char *nl = memchr(c->req, '\n', c->reqlen);
+    unsigned long limit;
+    char *end;
+    if (!nl) {
+        if (c->reqlen >= 64)
+            admin_close(c);
+        return;
+    }
+    *nl = '\0';
+    if (strncmp(c->req, "limit ", 6) != 0 || c->req[6] < '0' || c->req[6] > '9' ||
+        (limit = strtoul(c->req + 6, &end, 10), *end != '\0')) {
+        admin_close(c);
+        return;
+    }
+    start_list(c, limit);
+}
+
+static void peer_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    (void)revents;
+    struct server *srv = container_of(w, struct server, peer_w);
+    for (int i = 0; i < 8; i++) {
+        int fd = accept4(srv->peer_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd == -1)
+            return;
+        /* Abstract sockets are open to the whole network namespace: only our own user. */
+        struct ucred cred;
+        socklen_t len = sizeof cred;
+        struct admin_conn *c = NULL;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1 || cred.uid != geteuid() ||
+            !(c = conn_new(srv, fd, true))) {
+            close(fd);
+            continue;
+        }
+        ev_io_start(srv->loop, &c->rw);
+    }
+}
+
+int admin_peer_listen(struct server *srv) {
+    struct sockaddr_un sun;
+    socklen_t len;
+    srv->peer_fd = -1;
+    peer_name(&sun, &len, getppid(), getpid());
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd == -1)
+        return -1;
+    if (bind(fd, (struct sockaddr *)&sun, len) == -1 || listen(fd, 16) == -1) {
+        close(fd);
+        return -1;
+    }
+    srv->peer_fd = fd;
+    ev_io_init(&srv->peer_w, peer_accept_cb, fd, EV_READ);
+    ev_io_start(srv->loop, &srv->peer_w);
+    return 0;
+}
+
 void admin_close_all(struct server *srv) {
+    if (srv->peer_fd != -1) {
+        ev_io_stop(srv->loop, &srv->peer_w);
+        close(srv->peer_fd);
+        srv->peer_fd = -1;
+    }
     while (srv->admins)
         admin_close(srv->admins);
 }

@@ -49,6 +49,7 @@ static enum admin_parse fail(struct admin_request *req, int status, const char *
 static enum admin_parse request_line(const unsigned char *b, size_t n, bool complete,
                                      struct admin_request *req) {
     static const char version[] = "HTTP/d.d"; /* 'd': a digit */
+    const unsigned char *qm;
     size_t i = 0, t, q, k;
 
     for (; i < n && b[i] != ' '; i++) {
@@ -74,8 +75,8 @@ static enum admin_parse request_line(const unsigned char *b, size_t n, bool comp
     }
     if (i == n)
         return complete ? fail(req, 400, "bad request line") : ADMIN_PARSE_MORE;
-    for (q = t; q < i && b[q] != '?'; q++)
-        ;
+    qm = memchr(b + t, '?', i - t);
+    q = qm != NULL ? (size_t)(qm - b) : i;
     memcpy(req->path, b + t, q - t);
     if (q < i)
         memcpy(req->query, b + q + 1, i - q - 1);
@@ -116,10 +117,12 @@ static enum admin_parse header_line(const unsigned char *b, size_t ls, size_t e,
         if ((b[vs] < 0x20 && b[vs] != '\t') || b[vs] == 0x7f)
             return fail(req, 400, "bad byte in header field value");
     }
-    for (vs = colon + 1; vs < e && (b[vs] == ' ' || b[vs] == '\t'); vs++)
-        ;
-    for (ve = e; ve > vs && (b[ve - 1] == ' ' || b[ve - 1] == '\t'); ve--)
-        ;
+    vs = colon + 1;
+    ve = e;
+    while (vs < ve && (b[vs] == ' ' || b[vs] == '\t'))
+        vs++;
+    while (ve > vs && (b[ve - 1] == ' ' || b[ve - 1] == '\t'))
+        ve--;
 
     if (name_is(b + ls, colon - ls, "content-length")) {
         if (ve - vs != 1 || b[vs] != '0')

@@ -267,6 +267,7 @@ int server_run(const struct server_opts *o) {
     int rc = 1;
     memset(&srv, 0, sizeof srv);
     srv.spare_fd = -1;
+    srv.peer_fd = -1;
     srv.config_path = o->config_path;
     srv.own_listeners = o->own_listeners;
     srv.notify = o->notify;
@@ -308,6 +309,10 @@ int server_run(const struct server_opts *o) {
         goto fail;
     if (rebuild_loopguard(&srv, err, sizeof err) != 0)
         goto fail;
+    if (srv.has_master && admin_peer_listen(&srv) != 0)
+        log_warn("admin: cannot listen for the other workers (%s): /tunnels on them will not "
+                 "list this worker's tunnels",
+                 strerror(errno));
 
     ev_signal sigterm, sigint, sigquit, sighup, sigusr1;
     ev_signal_init(&sigterm, stop_cb, SIGTERM);
