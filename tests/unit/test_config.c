@@ -537,6 +537,82 @@ static void test_linked_rule_users(void **state) {
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* [admin]: its addresses join listen marked admin; token file rules; [timeouts] grace. */
+static void test_admin(void **state) {
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "", text[ADDR_TEXT_MAX], dir[] = "/tmp/connectd-test-XXXXXX";
+    (void)state;
+
+    /* Off by default; loopback only. */
+    assert_int_equal(config_load_string("", "t.ini", &c, err, sizeof err), 0);
+    assert_int_equal(c.nlisten, 1);
+    assert_false(c.listen[0].admin);
+    assert_int_equal(c.admin.allow_clients.n, 2);
+    assert_null(c.admin.token);
+    assert_true(c.timeout_grace == 0);
+    config_free(&c);
+
+    assert_int_equal(config_load_string("[admin]\nlisten = 127.0.0.1:9128, [::1]:9128\n"
+                                        "allow_clients = 10.0.0.0/8\n[server]\n"
+                                        "listen = 127.0.0.1:3128\n[timeouts]\ngrace = 5s\n",
+                                        "t.ini", &c, err, sizeof err),
+                     0);
+    assert_int_equal(c.nlisten, 3);
+    listen_text(&c, 0, text);
+    assert_string_equal(text, "127.0.0.1:3128");
+    assert_false(c.listen[0].admin);
+    listen_text(&c, 1, text);
+    assert_string_equal(text, "127.0.0.1:9128");
+    assert_true(c.listen[1].admin);
+    listen_text(&c, 2, text);
+    assert_string_equal(text, "[::1]:9128");
+    assert_true(c.listen[2].admin);
+    assert_int_equal(c.admin.allow_clients.n, 1);
+    assert_true(c.timeout_grace == 5);
+    config_free(&c);
+
+    /* An empty admin listen is "off"; a proxy address cannot be the admin one too. */
+    assert_int_equal(config_load_string("[admin]\nlisten =\n", "t.ini", &c, err, sizeof err), 0);
+    assert_int_equal(c.nlisten, 1);
+    config_free(&c);
+    EXPECT_ERROR("[admin]\nlisten = 127.0.0.1:3128\n",
+                 "t.ini:2: [admin] listen: 127.0.0.1:3128 is also in [server] listen");
+    EXPECT_ERROR("[admin]\nlisten = localhost:9128\n", "t.ini:2: [admin] listen: bad address");
+    EXPECT_ERROR("[admin]\nallow_clients = 10.0.0.0/33\n", "t.ini:2: [admin] allow_clients");
+    EXPECT_ERROR("[admin]\nport = 1\n", "t.ini:2: [admin] port: unknown key");
+    EXPECT_ERROR("[timeouts]\ngrace = 5\n", "t.ini:2: [timeouts] grace");
+
+    /* The token: first line, trimmed, 16-256 visible characters. */
+    assert_non_null(mkdtemp(dir));
+    write_file(dir, "token", "  0123456789abcdef-XYZ \nsecond line\n");
+    write_file(dir, "short", "0123456789\n");
+    write_file(dir, "spaced", "0123456789 abcdef-XYZ\n");
+    char ini[512], path[300];
+    (void)snprintf(path, sizeof path, "%s/t.ini", dir);
+    assert_int_equal(config_load_string("[admin]\ntoken_file = token\n", path, &c, err, sizeof err),
+                     0);
+    assert_string_equal(c.admin.token, "0123456789abcdef-XYZ");
+    config_free(&c);
+    assert_int_equal(config_load_string("[admin]\ntoken_file = short\n", path, &c, err, sizeof err),
+                     -1);
+    (void)snprintf(ini, sizeof ini,
+                   "%s:2: [admin] token_file: %s/short: the token must be 16 to 256 characters "
+                   "long (has 10)",
+                   path, dir);
+    assert_string_equal(err, ini);
+    assert_int_equal(
+        config_load_string("[admin]\ntoken_file = spaced\n", path, &c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "only visible ASCII"));
+    assert_int_equal(config_load_string("[admin]\ntoken_file = nope\n", path, &c, err, sizeof err),
+                     -1);
+    assert_non_null(strstr(err, ":2: [admin] token_file: "));
+    assert_non_null(strstr(err, "nope: cannot open: No such file or directory"));
+    remove_file(dir, "token");
+    remove_file(dir, "short");
+    remove_file(dir, "spaced");
+    assert_int_equal(rmdir(dir), 0);
+}
+
 static void test_durations(void **state) {
     static const struct {
         const char *in;
@@ -662,6 +738,7 @@ int main(void) {
         cmocka_unit_test(test_long_line),
         cmocka_unit_test(test_linked_files),
         cmocka_unit_test(test_linked_rule_users),
+        cmocka_unit_test(test_admin),
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_file_errors),
