@@ -421,7 +421,8 @@ int master_run(const struct master_opts *o) {
                 sd_notify(0, "STOPPING=1");
             }
             stopping = true;
-            stop_deadline = now + m.cfg.timeout_shutdown + 5.0;
+            /* The workers serve on through [timeouts] grace, then drain for shutdown. */
+            stop_deadline = now + m.cfg.timeout_grace + m.cfg.timeout_shutdown + 5.0;
             forward(&m, sig);
         } else if (sig == SIGHUP && !stopping) {
             reload(&m);
@@ -431,7 +432,7 @@ int master_run(const struct master_opts *o) {
         reap(&m, stopping, &status);
         if (stopping && now >= stop_deadline && running(&m) > 0) {
             log_error("master: workers still running %.0fs after the stop; killing them",
-                      m.cfg.timeout_shutdown + 5.0);
+                      m.cfg.timeout_grace + m.cfg.timeout_shutdown + 5.0);
             forward(&m, SIGKILL);
             status = 1;
             stop_deadline = now + 3600; /* reap them on the next rounds */
