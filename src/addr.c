@@ -15,6 +15,8 @@ struct ipbytes {
 };
 
 static const uint8_t v4mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+/* ::ffff:0:0/96, IPv4-translated addresses (RFC 2765): ::ffff:0:a.b.c.d. */
+static const uint8_t v4translated_prefix[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
 static bool is_digit(char ch) {
     return ch >= '0' && ch <= '9';
@@ -418,6 +420,8 @@ static const char *class_v6(const uint8_t b[16]) {
     }
     if (prefix_equal(b, nat64, 96))
         return class_v4(b + 12); /* the translator would dial the embedded IPv4 */
+    if (prefix_equal(b, v4translated_prefix, 96))
+        return class_v4(b + 12); /* IPv4-translated (RFC 2765 SIIT): the same */
     if (prefix_equal(b, nat64_local, 48))
         return "private";
     if (prefix_equal(b, discard, 64))

@@ -211,7 +211,8 @@ def test_bad_ipv4_notation_is_400(start_proxy, dns, loop_servers, host):
 
 
 IP_LITERALS_403 = ["127.0.0.1", "127.0.0.1.", "127.255.255.254", "[::ffff:127.0.0.1]",
-                   "[::FFFF:7F00:1]", "[::1]", "[0:0:0:0:0:0:0:1]"]
+                   "[::FFFF:7F00:1]", "[::1]", "[0:0:0:0:0:0:0:1]",
+                   "[::ffff:0:7f00:1]", "[::ffff:0:127.0.0.1]"]  # IPv4-translated (RFC 2765)
 
 
 @pytest.mark.parametrize("host", IP_LITERALS_403)
@@ -230,6 +231,7 @@ EMBEDDED = {
     "v6loop.test": ["::1"],
     "all-embedded.test": ["::ffff:127.0.0.1", "::1"],
     "a-and-mapped.test": ["127.0.0.1", "::ffff:127.0.0.1"],
+    "translated.test": ["::ffff:0:7f00:1"],
 }
 
 

@@ -13,7 +13,7 @@ from test_netns import _ip, netns  # noqa: F401  (fixture)
 
 PRIVATE_TARGETS = ["127.0.0.1:443", "0x7f.1:443", "2130706433:443", "internal.test:443",
                    "169.254.169.254:443", "[::ffff:127.0.0.1]:443", "127.1:443",
-                   "[::1]:443", "0:443"]
+                   "[::1]:443", "0:443", "[::ffff:0:7f00:1]:443"]
 
 
 def test_shipped_config_refuses_private_and_port_25(netns, connectd_bin, tmp_path):  # noqa: F811

@@ -321,7 +321,11 @@ static void test_reserved_classes(void **state) {
         {"2002:7f00:1::1", "loopback"}, /* 6to4 of 127.0.0.1 */
         {"2002:a9fe:a9fe::1", "link-local"},
         {"2002:c0a8:101::", "private"},
-        {"2002:808:808::1", NULL}, /* 6to4 of 8.8.8.8 */
+        {"2002:808:808::1", NULL},            /* 6to4 of 8.8.8.8 */
+        {"::ffff:0:7f00:1", "loopback"},      /* IPv4-translated 127.0.0.1 (RFC 2765) */
+        {"::ffff:0:a00:1", "private"},        /* IPv4-translated 10.0.0.1 */
+        {"::ffff:0:a9fe:a9fe", "link-local"}, /* IPv4-translated 169.254.169.254 */
+        {"::ffff:0:808:808", NULL},           /* IPv4-translated 8.8.8.8 */
         {"fc00::1", "unique-local"},
         {"fdff:ffff::1", "unique-local"},
         {"fe80::1", "link-local"},

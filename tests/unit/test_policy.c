@@ -434,6 +434,7 @@ static void test_private_refusal(void **state) {
         {"::ffff:169.254.169.254", "link-local"},
         {"64:ff9b::7f00:1", "loopback"},
         {"2002:7f00:1::1", "loopback"},
+        {"::ffff:0:7f00:1", "loopback"}, /* IPv4-translated (RFC 2765) */
         {"8.8.8.8", NULL},
         {"2001:4860:4860::8888", NULL},
         {"::ffff:8.8.8.8", NULL},
