@@ -46,5 +46,8 @@ struct dns_query *dns_lookup(struct dns *d, const char *name, uint16_t port, dns
 /* The callback will not be called; the query's memory is released when c-ares is done with it. */
 void dns_cancel(struct dns_query *q);
 void dns_free(struct dns *d);
+/* A reload: move from's unexpired cached answers into to (they keep their expiry; beyond to's
+ * cache size the oldest go). from's cache is left empty. */
+void dns_adopt_cache(struct dns *to, struct dns *from);
 
 #endif

@@ -76,7 +76,8 @@ static uint64_t hash_name(const char *s) {
     return h;
 }
 
-static void cache_unlink(struct dns *d, struct cache_entry *e) {
+/* Take e out of d's hash chain and age list (it stays allocated). */
+static void cache_detach(struct dns *d, struct cache_entry *e) {
     struct cache_entry **pp = &d->buckets[hash_name(e->name) & (d->nbuckets - 1)];
     while (*pp != e)
         pp = &(*pp)->hnext;
@@ -90,8 +91,27 @@ static void cache_unlink(struct dns *d, struct cache_entry *e) {
     else
         d->newest = e->older;
     d->cache_count--;
+}
+
+static void cache_unlink(struct dns *d, struct cache_entry *e) {
+    cache_detach(d, e);
     free(e->name);
     free(e);
+}
+
+/* Add e as the newest entry. */
+static void cache_insert(struct dns *d, struct cache_entry *e) {
+    size_t b = hash_name(e->name) & (d->nbuckets - 1);
+    e->hnext = d->buckets[b];
+    d->buckets[b] = e;
+    e->older = d->newest;
+    e->newer = NULL;
+    if (d->newest)
+        d->newest->newer = e;
+    else
+        d->oldest = e;
+    d->newest = e;
+    d->cache_count++;
 }
 
 static struct cache_entry *cache_find(struct dns *d, const char *name) {
@@ -155,16 +175,27 @@ static void cache_store(struct dns *d, const char *name, const struct ares_addri
     }
     e->n = i;
     e->expires = ev_now(d->loop) + ttl;
-    size_t b = hash_name(name) & (d->nbuckets - 1);
-    e->hnext = d->buckets[b];
-    d->buckets[b] = e;
-    e->older = d->newest;
-    if (d->newest)
-        d->newest->newer = e;
-    else
-        d->oldest = e;
-    d->newest = e;
-    d->cache_count++;
+    cache_insert(d, e);
+}
+
+void dns_adopt_cache(struct dns *to, struct dns *from) {
+    ev_tstamp now = ev_now(from->loop);
+    size_t moved = 0;
+    /* Oldest first, so the age order (and so what is evicted first) stays the same. */
+    while (from->oldest) {
+        struct cache_entry *e = from->oldest;
+        cache_detach(from, e);
+        if (!to->buckets || e->expires <= now || cache_find(to, e->name)) {
+            free(e->name);
+            free(e);
+            continue;
+        }
+        if (to->cache_count >= to->cache_max && to->oldest)
+            cache_unlink(to, to->oldest);
+        cache_insert(to, e);
+        moved++;
+    }
+    log_debug("dns: %zu cached answers carried over", moved);
 }
 
 static void answer_add(struct dns_answer *ans, int family, const void *bytes, uint16_t port) {

@@ -236,6 +236,12 @@ static void reload(struct server *srv) {
         goto done;
     }
     const struct config *cfg = &g->cfg;
+    /* Cached answers stay valid across a reload, unless they came from other DNS servers. */
+    const char *olds = srv->gen->cfg.dns_servers, *news = cfg->dns_servers;
+    if (strcmp(olds ? olds : "", news ? news : "") == 0)
+        dns_adopt_cache(g->dns, srv->gen->dns);
+    else
+        log_info("reload: [dns] servers changed: the DNS cache starts empty");
     if (strcmp(cfg->access_log, srv->gen->cfg.access_log) != 0 &&
         log_access_open(cfg->access_log, err, sizeof err) != 0)
         log_error("reload: %s; the access log stays where it was", err);

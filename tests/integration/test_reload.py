@@ -218,3 +218,28 @@ def test_reload_switches_access_log_and_level(start_proxy, tcp_server, tmp_path)
     # level = warn: no more info/debug lines.
     after = p.stderr_text()[len(before):]
     assert "info:" not in after and "debug:" not in after, after
+
+
+def test_reload_keeps_the_dns_cache(start_proxy, tcp_server, dns):
+    """A reload carries cached answers over (their TTLs still count down); a change of [dns]
+    servers starts the cache empty."""
+    srv = tcp_server(echo_handler)
+    dns.ttl = 60
+    dns.set("cached.test", ["127.0.0.1"])
+    p = start_proxy({"access": {"allow_ports": str(srv.port)}})
+    target = f"cached.test:{srv.port}"
+    p.tunnel(target).close()
+    asked = len(dns.queried("cached.test"))
+    assert asked >= 1
+    p.signal(signal.SIGHUP)
+    p.wait_log(f"reloaded {p.config_path}")
+    t = p.tunnel(target)
+    t.send(b"x")
+    assert t.recv_exact(1) == b"x"
+    assert len(dns.queried("cached.test")) == asked, "the reload dropped the DNS cache"
+    # Same servers written differently are other servers: the cache starts empty.
+    p.rewrite_config({"dns": {"servers": f"{dns.server_spec}, 127.0.0.1:9"}})
+    p.signal(signal.SIGHUP)
+    p.wait_log("the DNS cache starts empty")
+    p.tunnel(target).close()
+    assert len(dns.queried("cached.test")) > asked
