@@ -32,6 +32,7 @@ struct listen_addr {
     struct sockaddr_storage ss;
     socklen_t len;
     bool admin; /* an [admin] listen address: metrics, health, live tunnels; never tunnels */
+    bool proxy_protocol; /* "proxy-protocol": clients arrive behind a PROXY v1/v2 header */
 };
 
 /* [admin]: while parsing, its own listen list; after loading, its addresses are appended to
@@ -52,6 +53,7 @@ struct config {
     unsigned workers; /* processes; 0 = auto (one per online CPU) */
     char *user;       /* drop to this user after binding when started as root; NULL = none */
     bool pac;         /* answer GET /proxy.pac with a PAC file naming this proxy */
+    struct cidr_list proxy_protocol_from; /* who may send a PROXY header (load balancers) */
     /* [access] */
     struct access_config access;
     char *policy_file;     /* [access] policy, resolved against the ini file's directory */

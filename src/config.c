@@ -70,6 +70,7 @@ enum key_id {
     K_ADMIN_ALLOW_CLIENTS,
     K_ADMIN_TOKEN_FILE,
     K_TIMEOUT_GRACE,
+    K_PROXY_PROTOCOL_FROM,
     K_COUNT
 };
 
@@ -107,6 +108,7 @@ static const struct key_def {
     [K_ADMIN_ALLOW_CLIENTS] = {"admin", "allow_clients"},
     [K_ADMIN_TOKEN_FILE] = {"admin", "token_file"},
     [K_TIMEOUT_GRACE] = {"timeouts", "grace"},
+    [K_PROXY_PROTOCOL_FROM] = {"server", "proxy_protocol_from"},
 };
 
 static const char *const sections[] = {"server", "access", "dns",  "timeouts",
@@ -232,6 +234,28 @@ int config_parse_duration(const char *s, double *seconds) {
 
 /* ---- setters: value -> field, or -1 with a reason in why ---- */
 
+/* The options after a listen address. [admin] addresses take none. */
+static int parse_listen_options(char *opts, bool admin, struct listen_addr *la, char *why,
+                                size_t whylen) {
+    char *save = NULL;
+    for (char *w = strtok_r(opts, " \t", &save); w; w = strtok_r(NULL, " \t", &save)) {
+        if (!admin && strcmp(w, "proxy-protocol") == 0 && !la->proxy_protocol) {
+            la->proxy_protocol = true;
+            continue;
+        }
+        if (strchr(w, ':') || (w[0] >= '0' && w[0] <= '9'))
+            text_seterr(why, whylen, "'%s' after an address: separate items with commas", w);
+        else if (admin)
+            text_seterr(why, whylen, "'%s': an [admin] address takes no options", w);
+        else if (strcmp(w, "proxy-protocol") == 0)
+            text_seterr(why, whylen, "'%s' is given twice", w);
+        else
+            text_seterr(why, whylen, "unknown option '%s' (known: proxy-protocol)", w);
+        return -1;
+    }
+    return 0;
+}
+
 /* A listen list ([server] or [admin]) into *out / *nout; admin marks the addresses. */
 static int set_listen(const char *v, bool admin, struct listen_addr **out, size_t *nout, char *why,
                       size_t whylen) {
@@ -251,9 +275,12 @@ static int set_listen(const char *v, bool admin, struct listen_addr **out, size_
         }
         if (item[0] == '\0')
             continue;
-        if (strpbrk(item, " \t")) {
-            text_seterr(why, whylen, "bad address '%s': separate items with commas", item);
-            goto fail;
+        /* "ADDRESS [OPTION ...]": options follow the address, separated by spaces. */
+        char *opts = item + strcspn(item, " \t");
+        if (*opts) {
+            *opts++ = '\0';
+            if (parse_listen_options(opts, admin, &l[n], why, whylen) != 0)
+                goto fail;
         }
         if (addr_parse_hostport(item, &l[n].ss, &l[n].len, e, sizeof e) != 0) {
             text_seterr(why, whylen, "bad address '%s': %s", item, e);
@@ -516,6 +543,15 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
     }
     case K_ADMIN_TOKEN_FILE:
         return set_path(&c->admin.token_file, v, why, whylen);
+    case K_PROXY_PROTOCOL_FROM: {
+        struct cidr_list l;
+
+        if (policy_parse_cidrs(v, &l, why, whylen) != 0)
+            return -1;
+        policy_free_cidrs(&c->proxy_protocol_from);
+        c->proxy_protocol_from = l;
+        return 0;
+    }
     case K_TIMEOUT_GRACE:
         return set_timeout(v, &c->timeout_grace, true, why, whylen);
     case K_ALLOW_PORTS: {
@@ -921,6 +957,17 @@ static int merge_admin_listen(struct ctx *x) {
     size_t n = c->nlisten + c->admin.nlisten;
     char name[64];
 
+    for (size_t i = 0; i < c->nlisten; i++) {
+        if (c->listen[i].proxy_protocol && c->proxy_protocol_from.n == 0) {
+            addr_format((const struct sockaddr *)&c->listen[i].ss, true, name, sizeof name);
+            fail(x,
+                 "%s:%d: [server] listen: %s proxy-protocol: set [server] proxy_protocol_from to "
+                 "the load balancers' addresses",
+                 x->name, x->seen[K_LISTEN], name);
+            return -1;
+        }
+    }
+
     for (size_t i = 0; i < c->admin.nlisten; i++) {
         for (size_t j = 0; j < c->nlisten; j++) {
             const struct listen_addr *a = &c->admin.listen[i], *b = &c->listen[j];
@@ -1072,6 +1119,7 @@ void config_free(struct config *c) {
     free(c->realm);
     free(c->user);
     free(c->admin.listen);
+    policy_free_cidrs(&c->proxy_protocol_from);
     policy_free_cidrs(&c->admin.allow_clients);
     free(c->admin.token_file);
     if (c->admin.token)

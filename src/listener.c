@@ -28,7 +28,8 @@ struct listener {
     ev_timer pause;
     struct sockaddr_storage addr; /* as bound (getsockname) */
     socklen_t len;
-    bool admin; /* an [admin] listen address: admin_accept(), not tunnel_accept() */
+    bool admin;          /* an [admin] listen address: admin_accept(), not tunnel_accept() */
+    bool proxy_protocol; /* clients arrive behind a PROXY header ("proxy-protocol") */
     char name[ADDR_TEXT_MAX];
 };
 
@@ -136,13 +137,21 @@ int listeners_bind(const struct config *cfg, bool reuseport, int *fds, char *err
 
 static bool same_addr(const struct listener *l, const struct listen_addr *la);
 
-/* Whether l's address is one of cfg's [admin] listen addresses (also for sockets from
- * systemd: an admin address is recognised by what it is bound to). */
-static bool is_admin_addr(const struct listener *l, const struct config *cfg) {
-    for (size_t i = 0; i < cfg->nlisten; i++)
-        if (cfg->listen[i].admin && same_addr(l, &cfg->listen[i]))
-            return true;
-    return false;
+/* What cfg says about l's address: its role and options (also for sockets from systemd: they
+ * are recognised by the address they are bound to). Unknown addresses are plain proxy ones. */
+static void apply_options(struct listener *l, const struct config *cfg) {
+    l->admin = l->proxy_protocol = false;
+    for (size_t i = 0; i < cfg->nlisten; i++) {
+        if (same_addr(l, &cfg->listen[i])) {
+            l->admin = cfg->listen[i].admin;
+            l->proxy_protocol = cfg->listen[i].proxy_protocol;
+            return;
+        }
+    }
+}
+
+static const char *role(const struct listener *l) {
+    return l->admin ? " (admin)" : l->proxy_protocol ? " (proxy-protocol)" : "";
 }
 
 /* A listener for fd, named and keyed by the address it is really bound to. */
@@ -159,7 +168,7 @@ static struct listener *listener_new(struct server *srv, int fd) {
         addr_format((const struct sockaddr *)&l->addr, true, l->name, sizeof l->name);
     else
         snprintf(l->name, sizeof l->name, "fd %d", fd);
-    l->admin = is_admin_addr(l, &srv->gen->cfg);
+    apply_options(l, &srv->gen->cfg);
     ev_io_init(&l->w, accept_cb, fd, EV_READ);
     ev_init(&l->pause, resume_cb);
     return l;
@@ -192,7 +201,7 @@ int listeners_start(struct server *srv, const int *fds, size_t n, char *err, siz
         srv->listeners[i] = l;
         srv->nlisteners = i + 1;
         ev_io_start(srv->loop, &l->w);
-        log_info("listening on %s%s", l->name, l->admin ? " (admin)" : "");
+        log_info("listening on %s%s", l->name, role(l));
     }
     if (srv->spare_fd == -1)
         srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -227,7 +236,8 @@ bool listeners_match(struct server *srv, const struct config *cfg) {
         return false;
     for (size_t i = 0; i < cfg->nlisten; i++) {
         const struct listener *l = find_listener(srv, &cfg->listen[i]);
-        if (!l || l->admin != cfg->listen[i].admin)
+        if (!l || l->admin != cfg->listen[i].admin ||
+            l->proxy_protocol != cfg->listen[i].proxy_protocol)
             return false;
     }
     return true;
@@ -280,10 +290,11 @@ int listeners_update(struct server *srv, const struct config *cfg, bool reusepor
     }
     for (size_t i = 0; i < cfg->nlisten; i++) {
         next[i]->admin = cfg->listen[i].admin; /* an address may change its role */
+        next[i]->proxy_protocol = cfg->listen[i].proxy_protocol;
         if (fresh[i]) {
             if (!srv->draining || next[i]->admin)
                 ev_io_start(srv->loop, &next[i]->w);
-            log_info("listening on %s%s", next[i]->name, next[i]->admin ? " (admin)" : "");
+            log_info("listening on %s%s", next[i]->name, role(next[i]));
         }
     }
     free(srv->listeners);

@@ -166,6 +166,7 @@ static bool same_listen(const struct config *a, const struct config *b) {
         for (size_t j = 0; j < b->nlisten && !found; j++)
             found = a->listen[i].len == b->listen[j].len &&
                     a->listen[i].admin == b->listen[j].admin &&
+                    a->listen[i].proxy_protocol == b->listen[j].proxy_protocol &&
                     memcmp(&a->listen[i].ss, &b->listen[j].ss, a->listen[i].len) == 0;
         if (!found)
             return false;

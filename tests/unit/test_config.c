@@ -537,6 +537,35 @@ static void test_linked_rule_users(void **state) {
     assert_int_equal(rmdir(dir), 0);
 }
 
+/* "ADDRESS proxy-protocol" in [server] listen, and who may send the header. */
+static void test_listen_options(void **state) {
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "";
+    (void)state;
+
+    assert_int_equal(config_load_string("[server]\nlisten = 0.0.0.0:3128 proxy-protocol, "
+                                        "127.0.0.1:3128\nproxy_protocol_from = 10.0.0.0/24\n",
+                                        "t.ini", &c, err, sizeof err),
+                     0);
+    assert_int_equal(c.nlisten, 2);
+    assert_true(c.listen[0].proxy_protocol);
+    assert_false(c.listen[1].proxy_protocol);
+    assert_int_equal(c.proxy_protocol_from.n, 1);
+    config_free(&c);
+    EXPECT_ERROR("[server]\nlisten = 0.0.0.0:3128 proxy-protocol\n",
+                 "t.ini:2: [server] listen: 0.0.0.0:3128 proxy-protocol: set [server] "
+                 "proxy_protocol_from");
+    EXPECT_ERROR("[server]\nlisten = 0.0.0.0:3128 proxy-protocol proxy-protocol\n"
+                 "proxy_protocol_from = 10.0.0.1\n",
+                 "t.ini:2: [server] listen: 'proxy-protocol' is given twice");
+    EXPECT_ERROR("[server]\nlisten = 0.0.0.0:3128 tcp\n",
+                 "t.ini:2: [server] listen: unknown option 'tcp' (known: proxy-protocol)");
+    EXPECT_ERROR("[admin]\nlisten = 127.0.0.1:9128 proxy-protocol\n",
+                 "t.ini:2: [admin] listen: 'proxy-protocol': an [admin] address takes no options");
+    EXPECT_ERROR("[server]\nproxy_protocol_from = 10.0.0.0/99\n",
+                 "t.ini:2: [server] proxy_protocol_from");
+}
+
 /* [admin]: its addresses join listen marked admin; token file rules; [timeouts] grace. */
 static void test_admin(void **state) {
     struct config c;
@@ -739,6 +768,7 @@ int main(void) {
         cmocka_unit_test(test_linked_files),
         cmocka_unit_test(test_linked_rule_users),
         cmocka_unit_test(test_admin),
+        cmocka_unit_test(test_listen_options),
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_file_errors),
