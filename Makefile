@@ -25,7 +25,8 @@ LDFLAGS_ALL = -pie -Wl,-z,relro,-z,now $(LDFLAGS)
 LIBS   := -lev -linih -lcares -lyaml -lcrypt -lsystemd -ljansson -lpthread -lm
 
 PURE_SRC := src/http.c src/config.c src/policy.c src/addr.c src/buf.c src/clients.c src/text.c \
-            src/rules.c src/policy_yaml.c src/auth.c src/sha256.c src/admin_http.c src/obuf.c
+            src/rules.c src/policy_yaml.c src/auth.c src/sha256.c src/admin_http.c src/obuf.c \
+            src/proxy_proto.c
 IO_SRC   := src/main.c src/server.c src/master.c src/net.c src/listener.c src/dns.c src/tunnel.c \
             src/relay.c src/log.c src/auth_service.c src/loopguard.c \
             src/passwd.c src/privdrop.c src/generation.c src/stats.c src/metrics.c src/admin.c
@@ -130,7 +131,8 @@ FUZZ_SHORT_SECONDS ?= 20
 FUZZ_DIR   := build/fuzz
 # NAME:max_len (bytes): room for the request limits and default ones, an ini with its policy
 # and users files, a policy file, a users file or credential.
-FUZZ_TARGETS := fuzz_http:17000 fuzz_config:8192 fuzz_policy:8192 fuzz_auth:4096 fuzz_admin:9000
+FUZZ_TARGETS := fuzz_http:17000 fuzz_config:8192 fuzz_policy:8192 fuzz_auth:4096 fuzz_admin:9000 \
+                fuzz_proxy:1024
 FUZZ_NAMES := $(foreach t,$(FUZZ_TARGETS),$(firstword $(subst :, ,$(t))))
 FUZZ_BIN   := $(FUZZ_NAMES:%=$(FUZZ_DIR)/%)
 FUZZ_OBJ   := $(PURE_SRC:%.c=$(FUZZ_DIR)/%.o)
@@ -185,6 +187,10 @@ fuzz-short: $(FUZZ_BIN)
 # Side-by-side benchmark against tinyproxy and squid (BENCHMARKS.md); not part of `make check`.
 bench:
 	bench/run
+
+# What metrics and the admin listener cost (bench/metrics.py: on vs off, scrape, /tunnels).
+bench-metrics:
+	$(PYTHON) bench/metrics.py
 
 # Installs under $(DESTDIR): the binary in $(PREFIX)/sbin; in /etc/connectd the shipped
 # config as proxy.ini only when there is none (an operator's file is never replaced) and, always,
@@ -272,6 +278,12 @@ docs-check:
 	        ! printf '%s\n' "$$out" | grep -qi '^error'; then echo "clean"; \
 	    else echo "$$out"; fail=1; fi; \
 	else echo "== logrotate not installed: skipping the check of conf/logrotate.d/connectd"; fi; \
+	if command -v promtool >/dev/null; then \
+	    echo "== promtool check rules conf/connectd-alerts.yml"; \
+	    if out=$$(promtool check rules conf/connectd-alerts.yml 2>&1); then \
+	        printf '%s\n' "$$out" | grep 'SUCCESS' || echo "clean"; \
+	    else echo "$$out"; fail=1; fi; \
+	else echo "== promtool not installed (Debian package prometheus): skipping the check of conf/connectd-alerts.yml"; fi; \
 	if [ $$fail -ne 0 ]; then echo "docs-check: FAILED"; exit 1; fi; echo "docs-check: ok"
 
 clean:

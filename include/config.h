@@ -64,6 +64,7 @@ struct config {
     /* [timeouts], seconds */
     double timeout_handshake, timeout_dns, timeout_connect, timeout_idle, timeout_shutdown;
     double timeout_grace; /* after SIGTERM: /healthz says 503 but new clients are still served */
+    double timeout_happy_eyeballs; /* RFC 8305 connection attempt delay */
     /* [auth] */
     char *users_file;        /* NULL = no authentication */
     struct auth_users users; /* loaded from users_file */

@@ -48,6 +48,11 @@ enum stat_counter {
     C_LIMIT_REFUSING,        /* closed unanswered: too many refusals already being written */
     C_LIMIT_FDS,             /* accept failed for want of fds or memory (load shed) */
     C_ACCEPTED,              /* client connections accepted on proxy listeners */
+    C_PROXY_OK,              /* PROXY headers read (PROXY command) */
+    C_PROXY_LOCAL,           /* PROXY headers with the LOCAL command (balancer health checks) */
+    C_PROXY_BAD,             /* malformed, truncated or late PROXY headers: closed */
+    C_PROXY_DENIED,          /* connections to a proxy-protocol listener from outside
+                                proxy_protocol_from: closed unheard */
     C_N
 };
 

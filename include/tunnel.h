@@ -23,6 +23,7 @@ enum tunnel_state {
     TUNNEL_RELAY,            /* 200 queued, bytes flow both ways */
     TUNNEL_ERROR_REPLY,      /* writing a refusal */
     TUNNEL_LINGER,           /* refusal sent; reading and discarding until the client closes */
+    TUNNEL_READ_PROXY,       /* reading the load balancer's PROXY header ("proxy-protocol") */
     TUNNEL_CLOSED,
 };
 
@@ -53,7 +54,9 @@ struct tunnel {
     ev_tstamp established; /* when the 200 was queued; 0 before */
     struct tunnel *prev, *next;
     union sockaddr_any peer, up_addr;
-    struct handshake *hs;  /* request, parser, DNS answers: freed once the relay starts */
+    union sockaddr_any balancer; /* with a PROXY header: who sent it (peer is the client it
+                                    names); family 0 otherwise */
+    struct handshake *hs;        /* request, parser, DNS answers: freed once the relay starts */
     char *target;          /* "host:port" as requested, for the access log: target_short or heap */
     char target_short[48]; /* holds most targets without an allocation */
     const char *user;      /* authenticated user (owned by the config), NULL if none */
@@ -65,8 +68,9 @@ struct tunnel {
     struct client_entry *ce; /* per-client accounting, NULL when not limited */
 };
 
-/* Take ownership of a freshly accepted, non-blocking client socket. */
-void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer);
+/* Take ownership of a freshly accepted, non-blocking client socket. proxy_protocol: it comes
+ * from a "proxy-protocol" listener, so a PROXY header precedes the request. */
+void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer, bool proxy_protocol);
 
 /* The one way a tunnel ends: stop watchers, cancel DNS, close fds, write the access-log line,
  * unlink and queue the object for freeing after the current callbacks return. */

@@ -71,6 +71,7 @@ enum key_id {
     K_ADMIN_TOKEN_FILE,
     K_TIMEOUT_GRACE,
     K_PROXY_PROTOCOL_FROM,
+    K_TIMEOUT_HAPPY_EYEBALLS,
     K_COUNT
 };
 
@@ -109,6 +110,7 @@ static const struct key_def {
     [K_ADMIN_TOKEN_FILE] = {"admin", "token_file"},
     [K_TIMEOUT_GRACE] = {"timeouts", "grace"},
     [K_PROXY_PROTOCOL_FROM] = {"server", "proxy_protocol_from"},
+    [K_TIMEOUT_HAPPY_EYEBALLS] = {"timeouts", "happy_eyeballs"},
 };
 
 static const char *const sections[] = {"server", "access", "dns",  "timeouts",
@@ -552,6 +554,14 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
         c->proxy_protocol_from = l;
         return 0;
     }
+    case K_TIMEOUT_HAPPY_EYEBALLS:
+        /* RFC 8305 section 5: at least 10 ms (100 ms recommended), at most 2 s. */
+        if (config_parse_duration(v, &c->timeout_happy_eyeballs) != 0 ||
+            c->timeout_happy_eyeballs < 0.01 || c->timeout_happy_eyeballs > 2) {
+            text_seterr(why, whylen, "must be a duration from 10ms to 2s");
+            return -1;
+        }
+        return 0;
     case K_TIMEOUT_GRACE:
         return set_timeout(v, &c->timeout_grace, true, why, whylen);
     case K_ALLOW_PORTS: {
@@ -869,6 +879,7 @@ static int set_defaults(struct config *c) {
     c->timeout_connect = 10;
     c->timeout_idle = 5 * 60;
     c->timeout_shutdown = 30;
+    c->timeout_happy_eyeballs = 0.25;
     c->max_connections = 10000;
     c->per_client_connections = 0;
     c->per_client_rate = 0;

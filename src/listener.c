@@ -107,7 +107,7 @@ static bool accept_some(struct listener *l) {
         if (l->admin)
             admin_accept(l->srv, fd, &peer.sa);
         else
-            tunnel_accept(l->srv, fd, &peer.sa);
+            tunnel_accept(l->srv, fd, &peer.sa, l->proxy_protocol);
     }
     return false;
 }

@@ -420,6 +420,13 @@ int master_run(const struct master_opts *o) {
             if (!stopping) {
                 log_info("master: received %s, stopping workers", strsignal(sig));
                 sd_notify(0, "STOPPING=1");
+                /* No worker will be started again: drop the master's copies of the sockets,
+                 * so that once a worker closes its own, its SO_REUSEPORT socket really goes
+                 * and new clients are refused, instead of waiting in a queue nobody reads. */
+                for (size_t i = 0; i < total_fds(&m); i++) {
+                    close(m.fds[i]);
+                    m.fds[i] = -1;
+                }
             }
             stopping = true;
             /* The workers serve on through [timeouts] grace, then drain for shutdown. */
@@ -456,7 +463,8 @@ int master_run(const struct master_opts *o) {
         }
     }
     for (size_t i = 0; i < total_fds(&m); i++)
-        close(m.fds[i]);
+        if (m.fds[i] != -1)
+            close(m.fds[i]);
     free(m.fds);
     free(m.ws);
     free(m.retiring);

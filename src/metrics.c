@@ -225,6 +225,14 @@ void metrics_render(const struct stats_shm *s, bool draining, struct obuf *o) {
              c->c[C_LIMIT_PER_CLIENT_RATE]);
     labelled(o, "connectd_limit_refusals_total", "limit", "refusing", c->c[C_LIMIT_REFUSING]);
     labelled(o, "connectd_limit_refusals_total", "limit", "fds", c->c[C_LIMIT_FDS]);
+    family(o, "connectd_proxy_headers_total", "counter",
+           "PROXY protocol headers from load balancers: proxy (a client named), local (a "
+           "health check), bad (malformed, truncated or late: closed), denied (the sender is "
+           "not in proxy_protocol_from: closed unheard).");
+    labelled(o, "connectd_proxy_headers_total", "result", "proxy", c->c[C_PROXY_OK]);
+    labelled(o, "connectd_proxy_headers_total", "result", "local", c->c[C_PROXY_LOCAL]);
+    labelled(o, "connectd_proxy_headers_total", "result", "bad", c->c[C_PROXY_BAD]);
+    labelled(o, "connectd_proxy_headers_total", "result", "denied", c->c[C_PROXY_DENIED]);
     gauge(o, "connectd_pipes_pooled", "Empty splice pipes kept for reuse.",
           (double)v.g.pipes_pooled);
     gauge(o, "connectd_buffers_pooled", "Free 64 KiB relay buffers kept for reuse.",

@@ -223,6 +223,8 @@ static const char *const reasons[STATS_REASONS] = {
     "out_of_memory",
     "pac",
     "pac_error",
+    "bad_proxy_header",
+    "proxy_header_timeout",
     "other",
 };
 

@@ -25,6 +25,7 @@
 #include "loopguard.h"
 #include "net.h"
 #include "policy.h"
+#include "proxy_proto.h"
 #include "rules.h"
 #include "stats.h"
 
@@ -34,6 +35,18 @@
 #define REPLY_MAX      1024
 #define REQ_INITIAL    4096 /* a CONNECT plus a TLS ClientHello usually fits */
 #define STALL_CHECK    1.0  /* seconds between socket checks while a relay direction waits */
+#define HE_EXTRA       3    /* connect attempts at once beyond the first (Happy Eyeballs) */
+
+struct tunnel;
+
+/* A connect attempt besides the one on t->upstream (RFC 8305: a new one starts every
+ * [timeouts] happy_eyeballs while earlier ones are still under way; the first to connect wins). */
+struct attempt {
+    int fd; /* -1 when the slot is free */
+    ev_io w;
+    size_t idx; /* its address in hs->ans */
+    struct tunnel *t;
+};
 
 struct handshake {
     char *req; /* the request as received; grown on demand up to reqmax */
@@ -55,7 +68,11 @@ struct handshake {
     bool denied_host;       /* set when an address was refused by deny_hosts */
     ev_tstamp connect_deadline;
     ev_tstamp dns_started, dial_started; /* for the DNS and dial time histograms */
-    char *reply;                         /* REPLY_MAX bytes, allocated only for a refusal */
+    size_t up_idx;                       /* the address of the attempt on t->upstream */
+    unsigned inflight;                   /* connect attempts under way */
+    ev_timer stagger;                    /* Happy Eyeballs: starts the next attempt */
+    struct attempt extra[HE_EXTRA];
+    char *reply; /* REPLY_MAX bytes, allocated only for a refusal */
     size_t replylen, replyoff;
     const char *reason; /* close reason once the refusal is sent */
     char inline_req[];  /* the first REQ_INITIAL bytes of the request, in the same allocation */
@@ -67,7 +84,11 @@ static void client_watch_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void connect_cb(struct ev_loop *loop, ev_io *w, int revents);
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void dial_next(struct tunnel *t);
+static void dial_begin(struct tunnel *t);
+static void dial_abort(struct tunnel *t);
+static void close_extras(struct tunnel *t);
 static bool relay_sockets_ok(struct tunnel *t);
+static void proxy_header_failed(struct tunnel *t, const char *why, const char *reason);
 
 static void handshake_free(struct handshake *hs) {
     if (!hs)
@@ -175,11 +196,7 @@ static void refuse_with(struct tunnel *t, int status, const char *proxy_error, c
         auth_service_cancel(t->gen->auth, hs->authw);
         hs->authw = NULL;
     }
-    if (t->upstream.fd != -1) {
-        ev_io_stop(loop, &t->upstream.ww);
-        close(t->upstream.fd);
-        t->upstream.fd = -1;
-    }
+    dial_abort(t);
     ev_io_stop(loop, &t->client.rw);
     hs->reason = reason;
     if (!hs->reply)
@@ -269,10 +286,7 @@ static void dns_done(void *arg, enum dns_status status, const struct dns_answer 
         return;
     }
     hs->ans = *ans;
-    hs->next_addr = 0;
-    hs->connect_deadline = ev_now(t->srv->loop) + t->gen->cfg.timeout_connect;
-    t->state = TUNNEL_CONNECTING;
-    dial_next(t);
+    dial_begin(t);
 }
 
 static void rule_query(const struct tunnel *t, struct rule_query *q) {
@@ -336,10 +350,7 @@ static void policy_step(struct tunnel *t) {
         }
         memcpy(&hs->ans.addr[0], &ss, hs->ans.len[0]);
         hs->ans.n = 1;
-        hs->next_addr = 0;
-        hs->connect_deadline = ev_now(t->srv->loop) + cfg->timeout_connect;
-        t->state = TUNNEL_CONNECTING;
-        dial_next(t);
+        dial_begin(t);
         return;
     }
     t->state = TUNNEL_RESOLVING;
@@ -535,6 +546,21 @@ static int grow_request(struct handshake *hs) {
     return 0;
 }
 
+/* Look at the request bytes received so far. */
+static void request_progress(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    switch (http_parse(&hs->parser, hs->req, hs->reqlen)) {
+    case HTTP_PARSE_MORE:
+        return;
+    case HTTP_PARSE_ERROR:
+        parse_error(t);
+        return;
+    case HTTP_PARSE_DONE:
+        request_complete(t);
+        return;
+    }
+}
+
 static void client_request_cb(struct ev_loop *loop, ev_io *w, int revents) {
     (void)loop;
     (void)revents;
@@ -557,16 +583,7 @@ static void client_request_cb(struct ev_loop *loop, ev_io *w, int revents) {
         return;
     }
     hs->reqlen += (size_t)n;
-    switch (http_parse(&hs->parser, hs->req, hs->reqlen)) {
-    case HTTP_PARSE_MORE:
-        return;
-    case HTTP_PARSE_ERROR:
-        parse_error(t);
-        return;
-    case HTTP_PARSE_DONE:
-        request_complete(t);
-        return;
-    }
+    request_progress(t);
 }
 
 /* While resolving and dialing, notice a client that gives up: peek, so that early data stays
@@ -616,26 +633,142 @@ static void connected(struct tunnel *t) {
     t->hs = NULL;
 }
 
-static void connect_failed(struct tunnel *t, int err) {
+/* An attempt failed: the next address is tried at once (RFC 8305 section 5), not after the
+ * attempt delay. */
+static void attempt_failed(struct tunnel *t, size_t idx, int err) {
+    struct handshake *hs = t->hs;
     char a[ADDR_TEXT_MAX];
-    addr_format(&t->up_addr.sa, true, a, sizeof a);
+    addr_format(&hs->ans.addr[idx].sa, true, a, sizeof a);
     log_debug("connect %s for %s: %s", a, t->target, strerror(err));
-    ev_io_stop(t->srv->loop, &t->upstream.ww);
-    close(t->upstream.fd);
-    t->upstream.fd = -1;
-    t->hs->dial_errno = err;
+    hs->dial_errno = err;
+    hs->inflight--;
+    ev_timer_stop(t->srv->loop, &hs->stagger);
     dial_next(t);
 }
 
+/* The first attempt to connect wins; the others are closed. a is NULL when it is the one on
+ * t->upstream. */
+static void attempt_won(struct tunnel *t, struct attempt *a) {
+    struct handshake *hs = t->hs;
+    size_t idx = hs->up_idx;
+    if (a) {
+        ev_io_stop(t->srv->loop, &a->w);
+        if (t->upstream.fd != -1) {
+            ev_io_stop(t->srv->loop, &t->upstream.ww);
+            close(t->upstream.fd);
+        }
+        t->upstream.fd = a->fd;
+        a->fd = -1;
+        idx = a->idx;
+        ev_io_set(&t->upstream.ww, t->upstream.fd, EV_WRITE); /* inactive: the relay's */
+    }
+    memcpy(&t->up_addr, &hs->ans.addr[idx], hs->ans.len[idx]);
+    close_extras(t);
+    connected(t);
+}
+
 static void connect_cb(struct ev_loop *loop, ev_io *w, int revents) {
-    (void)loop;
     (void)revents;
     struct tunnel *t = container_of(w, struct tunnel, upstream.ww);
     int err = net_connect_result(t->upstream.fd);
-    if (err == 0)
-        connected(t);
-    else
-        connect_failed(t, err);
+    if (err == 0) {
+        attempt_won(t, NULL);
+        return;
+    }
+    ev_io_stop(loop, w);
+    close(t->upstream.fd);
+    t->upstream.fd = -1;
+    attempt_failed(t, t->hs->up_idx, err);
+}
+
+static void extra_connect_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)revents;
+    struct attempt *a = container_of(w, struct attempt, w);
+    int err = net_connect_result(a->fd);
+    if (err == 0) {
+        attempt_won(a->t, a);
+        return;
+    }
+    ev_io_stop(loop, w);
+    close(a->fd);
+    a->fd = -1;
+    attempt_failed(a->t, a->idx, err);
+}
+
+static void stagger_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+    (void)loop;
+    (void)revents;
+    struct handshake *hs = container_of(w, struct handshake, stagger);
+    dial_next(hs->extra[0].t);
+}
+
+/* Close the attempts beyond t->upstream's and stop the attempt timer. They exist only while
+ * CONNECTING (before, the slots are not even initialised). */
+static void close_extras(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    struct ev_loop *loop = t->srv->loop;
+    if (!hs || t->state != TUNNEL_CONNECTING)
+        return;
+    for (size_t k = 0; k < HE_EXTRA; k++) {
+        struct attempt *a = &hs->extra[k];
+        if (a->fd != -1) {
+            ev_io_stop(loop, &a->w);
+            close(a->fd);
+            a->fd = -1;
+        }
+    }
+    hs->inflight = 0;
+    ev_timer_stop(loop, &hs->stagger);
+}
+
+/* Close every attempt under way, t->upstream's too. */
+static void dial_abort(struct tunnel *t) {
+    if (t->upstream.fd != -1) {
+        ev_io_stop(t->srv->loop, &t->upstream.ww);
+        close(t->upstream.fd);
+        t->upstream.fd = -1;
+    }
+    close_extras(t);
+}
+
+/* Interleave the address families, starting with the resolver's first choice (RFC 8305
+ * section 4: c-ares has sorted them by RFC 6724), keeping each family's order. */
+static void interleave(struct dns_answer *ans) {
+    struct dns_answer out;
+    size_t n = ans->n, i[2] = {0, 0}, k = 0;
+    int first = n ? ans->addr[0].sa.sa_family : AF_INET6;
+    out.n = n;
+    while (k < n) {
+        for (int f = 0; f < 2 && k < n; f++) {
+            int fam = f == 0 ? first : (first == AF_INET6 ? AF_INET : AF_INET6);
+            while (i[f] < n && ans->addr[i[f]].sa.sa_family != fam)
+                i[f]++;
+            if (i[f] < n) {
+                out.addr[k] = ans->addr[i[f]];
+                out.len[k] = ans->len[i[f]];
+                k++;
+                i[f]++;
+            }
+        }
+    }
+    *ans = out;
+}
+
+/* The addresses are known: dial them within [timeouts] connect, all attempts together. */
+static void dial_begin(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    ev_tstamp budget = t->gen->cfg.timeout_connect;
+    interleave(&hs->ans);
+    hs->next_addr = 0;
+    hs->connect_deadline = ev_now(t->srv->loop) + budget;
+    for (size_t k = 0; k < HE_EXTRA; k++) {
+        hs->extra[k].fd = -1;
+        hs->extra[k].t = t;
+    }
+    ev_init(&hs->stagger, stagger_cb);
+    t->state = TUNNEL_CONNECTING;
+    arm_timer(t, budget);
+    dial_next(t);
 }
 
 static void dial_failed(struct tunnel *t) {
@@ -728,14 +861,21 @@ static enum verdict addr_verdict(struct tunnel *t, const struct sockaddr *sa, co
     return VERDICT_DENY;
 }
 
+/* Start an attempt on the next address policy allows, in a free slot; then, while addresses
+ * remain, the next one follows after [timeouts] happy_eyeballs unless this one fails first. With
+ * nothing left to try and nothing under way, the dial has failed. */
 static void dial_next(struct tunnel *t) {
     struct handshake *hs = t->hs;
     ev_tstamp now = ev_now(t->srv->loop);
+    struct attempt *slot = NULL;
+    if (t->upstream.fd != -1) {
+        for (size_t k = 0; k < HE_EXTRA && !slot; k++)
+            if (hs->extra[k].fd == -1)
+                slot = &hs->extra[k];
+        if (!slot)
+            return; /* all slots busy: the next failure or the deadline decides */
+    }
     while (hs->next_addr < hs->ans.n) {
-        if (now >= hs->connect_deadline && hs->dial_errno != 0) {
-            hs->dial_errno = ETIMEDOUT;
-            break;
-        }
         size_t i = hs->next_addr++;
         const struct sockaddr *sa = &hs->ans.addr[i].sa;
         const char *cls = NULL;
@@ -752,7 +892,6 @@ static void dial_next(struct tunnel *t) {
             hs->loop_hit = true;
             continue;
         }
-        memcpy(&t->up_addr, sa, hs->ans.len[i]);
         int fd = net_connect_start(sa, hs->ans.len[i]);
         if (fd == -1) {
             if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM ||
@@ -764,23 +903,29 @@ static void dial_next(struct tunnel *t) {
             hs->dial_errno = errno;
             continue;
         }
-        t->upstream.fd = fd;
         if (hs->dial_started == 0)
             hs->dial_started = now;
-        ev_io_set(&t->upstream.ww, fd, EV_WRITE);
-        ev_set_cb(&t->upstream.ww, connect_cb);
-        ev_io_start(t->srv->loop, &t->upstream.ww);
-        /* Share what is left of the connect budget among the addresses still to try, so one
-         * black-holed address cannot eat all of it; but give each a fair second. */
-        ev_tstamp left = hs->connect_deadline - now;
-        size_t remaining = hs->ans.n - hs->next_addr + 1;
-        ev_tstamp slot = left / (ev_tstamp)remaining;
-        if (slot < 1.0)
-            slot = left < 1.0 ? left : 1.0;
-        arm_timer(t, slot > 0.001 ? slot : 0.001);
+        hs->inflight++;
+        if (!slot) {
+            t->upstream.fd = fd;
+            hs->up_idx = i;
+            ev_io_set(&t->upstream.ww, fd, EV_WRITE);
+            ev_set_cb(&t->upstream.ww, connect_cb);
+            ev_io_start(t->srv->loop, &t->upstream.ww);
+        } else {
+            slot->fd = fd;
+            slot->idx = i;
+            ev_io_init(&slot->w, extra_connect_cb, fd, EV_WRITE);
+            ev_io_start(t->srv->loop, &slot->w);
+        }
+        if (hs->next_addr < hs->ans.n) {
+            ev_timer_set(&hs->stagger, t->gen->cfg.timeout_happy_eyeballs, 0.);
+            ev_timer_start(t->srv->loop, &hs->stagger);
+        }
         return;
     }
-    dial_failed(t);
+    if (hs->inflight == 0)
+        dial_failed(t);
 }
 
 /* ---- timer ---- */
@@ -789,6 +934,9 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     (void)revents;
     struct tunnel *t = container_of(w, struct tunnel, timer);
     switch (t->state) {
+    case TUNNEL_READ_PROXY:
+        proxy_header_failed(t, "header not received in time", "proxy_header_timeout");
+        return;
     case TUNNEL_READ_REQUEST:
         set_raw_target(t);
         refuse(t, 408, "http_request_error", NULL, "request headers not received in time",
@@ -807,7 +955,9 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         refuse(t, 504, "dns_timeout", NULL, "name resolution timed out", "dns_timeout");
         return;
     case TUNNEL_CONNECTING:
-        connect_failed(t, ETIMEDOUT);
+        dial_abort(t); /* the whole connect budget is spent */
+        t->hs->dial_errno = ETIMEDOUT;
+        dial_failed(t);
         return;
     case TUNNEL_RELAY: {
         /* The timer is not pushed back on every byte; on expiry, check real inactivity. */
@@ -871,17 +1021,22 @@ struct refusal {
     const char *proxy_error, *details, *reason;
 };
 
-static bool admission(struct server *srv, const struct sockaddr *peer, struct client_entry **ce,
+static bool capacity_ok(struct server *srv, struct refusal *r) {
+    if (srv->active < srv->max_active)
+        return true;
+    STATS_INC(c[C_LIMIT_MAX_CONNECTIONS]);
+    *r = (struct refusal){503, "proxy_internal_response", "too many connections", "overload"};
+    return false;
+}
+
+/* allow_clients and the per-client limits, for the client's address (behind a load balancer:
+ * the one its PROXY header names). */
+static bool client_ok(struct server *srv, const struct sockaddr *peer, struct client_entry **ce,
                       struct refusal *r) {
     const struct config *cfg = &srv->gen->cfg;
     *ce = NULL;
     if (!policy_client_allowed(&cfg->access, peer)) {
         *r = (struct refusal){403, "http_request_denied", "client not allowed", "denied_client"};
-        return false;
-    }
-    if (srv->active >= srv->max_active) {
-        STATS_INC(c[C_LIMIT_MAX_CONNECTIONS]);
-        *r = (struct refusal){503, "proxy_internal_response", "too many connections", "overload"};
         return false;
     }
     if (!srv->clients)
@@ -903,13 +1058,91 @@ static bool admission(struct server *srv, const struct sockaddr *peer, struct cl
     return true;
 }
 
-void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
-    const struct config *cfg = &srv->gen->cfg;
-    struct client_entry *ce;
+/* The balancer's header has arrived: from now on the client is the address it names. */
+static void proxy_header_done(struct tunnel *t, const struct proxy_header *h) {
+    struct handshake *hs = t->hs;
     struct refusal r;
-    /* Decide before counting: a refused client must not hold one of max_connections' slots. */
+    if (h->has_addr) {
+        t->balancer = t->peer;
+        memcpy(&t->peer, &h->src,
+               h->src.ss_family == AF_INET6 ? sizeof t->peer.sin6 : sizeof t->peer.sin);
+    }
+    STATS_INC(c[h->command == PROXY_CMD_LOCAL ? C_PROXY_LOCAL : C_PROXY_OK]);
+    hs->reqlen -= h->len;
+    memmove(hs->req, hs->req + h->len, hs->reqlen);
+    t->state = TUNNEL_READ_REQUEST;
+    ev_set_cb(&t->client.rw, client_request_cb);
+    if (!client_ok(t->srv, &t->peer.sa, &t->ce, &r)) {
+        refuse(t, r.status, r.proxy_error, NULL, r.details, r.reason);
+        return;
+    }
+    if (hs->reqlen > 0)
+        request_progress(t);
+}
+
+static void proxy_header_failed(struct tunnel *t, const char *why, const char *reason) {
+    char from[ADDR_TEXT_MAX];
+    STATS_INC(c[C_PROXY_BAD]);
+    addr_format(&t->peer.sa, true, from, sizeof from);
+    log_warn("PROXY header from %s: %s; closing", from, why);
+    tunnel_close(t, reason); /* the spec: drop the connection, answer nothing */
+}
+
+static void client_proxy_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    (void)revents;
+    struct tunnel *t = container_of(w, struct tunnel, client.rw);
+    struct handshake *hs = t->hs;
+    /* Read no further than a header can be: the request behind it stays in the socket until
+     * the header is judged (REQ_INITIAL holds PROXY_HEADER_MAX). */
+    ssize_t n = recv(t->client.fd, hs->req + hs->reqlen, PROXY_HEADER_MAX - hs->reqlen, 0);
+    if (n == -1) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return;
+        tunnel_close(t, "client_reset");
+        return;
+    }
+    if (n == 0) {
+        if (hs->reqlen)
+            proxy_header_failed(t, "connection closed inside the header", "bad_proxy_header");
+        else
+            tunnel_close(t, "client_eof");
+        return;
+    }
+    hs->reqlen += (size_t)n;
+    struct proxy_header h;
+    switch (proxy_parse((const unsigned char *)hs->req, hs->reqlen, &h)) {
+    case PROXY_MORE:
+        if (hs->reqlen >= PROXY_HEADER_MAX)
+            proxy_header_failed(t, "header too long", "bad_proxy_header");
+        return;
+    case PROXY_ERROR:
+        proxy_header_failed(t, h.reason, "bad_proxy_header");
+        return;
+    case PROXY_DONE:
+        proxy_header_done(t, &h);
+        return;
+    }
+}
+
+void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer, bool proxy_protocol) {
+    const struct config *cfg = &srv->gen->cfg;
+    struct client_entry *ce = NULL;
+    struct refusal r;
     STATS_INC(c[C_ACCEPTED]);
-    bool ok = admission(srv, peer, &ce, &r);
+    if (proxy_protocol && !policy_cidrs_contain(&cfg->proxy_protocol_from, peer)) {
+        /* Only a trusted balancer may name another client: anyone else is dropped unheard. */
+        char from[ADDR_TEXT_MAX];
+        STATS_INC(c[C_PROXY_DENIED]);
+        STATS_INC(outcome[OUTCOME_ABORTED]);
+        addr_format(peer, true, from, sizeof from);
+        log_warn("PROXY listener: %s is not in [server] proxy_protocol_from; closed", from);
+        close(fd);
+        return;
+    }
+    /* Decide before counting: a refused client must not hold one of max_connections' slots.
+     * Behind a balancer, who the client is is known only once its header has arrived. */
+    bool ok = capacity_ok(srv, &r) && (proxy_protocol || client_ok(srv, peer, &ce, &r));
     if (!ok && srv->refusing >= REFUSING_MAX) {
         STATS_INC(c[C_LIMIT_REFUSING]);
         STATS_INC(outcome[OUTCOME_ABORTED]);
@@ -956,7 +1189,7 @@ void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
     if (srv->live)
         srv->live->prev = t;
     srv->live = t;
-    t->state = TUNNEL_READ_REQUEST;
+    t->state = proxy_protocol ? TUNNEL_READ_PROXY : TUNNEL_READ_REQUEST;
     if (!ok) {
         srv->refusing++;
         stats_set(&stats_me->g.connections_open, srv->active + srv->refusing);
@@ -971,6 +1204,11 @@ void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer) {
     arm_timer(t, cfg->timeout_handshake);
     /* The request usually arrives with or right after the handshake: read now rather than after
      * another trip through epoll (an EAGAIN here costs one cheap syscall). */
+    if (proxy_protocol) {
+        ev_set_cb(&t->client.rw, client_proxy_cb);
+        client_proxy_cb(srv->loop, &t->client.rw, EV_READ);
+        return;
+    }
     client_request_cb(srv->loop, &t->client.rw, EV_READ);
 }
 
@@ -994,12 +1232,16 @@ static void access_line(struct tunnel *t, const char *reason) {
         log_escape(user, sizeof user, t->user, strlen(t->user));
     if (t->rule)
         log_escape(rule, sizeof rule, t->rule, strlen(t->rule));
-    char line[1700];
+    char line[1800], lb[ADDR_TEXT_MAX + 10] = "";
+    if (t->balancer.sa.sa_family != 0) {
+        memcpy(lb, " balancer=", 10);
+        addr_format(&t->balancer.sa, true, lb + 10, sizeof lb - 10);
+    }
     int n = snprintf(line, sizeof line,
                      "client=%s user=%s target=%s upstream=%s status=%d up=%llu down=%llu "
-                     "duration=%.3f reason=%s rule=%s",
+                     "duration=%.3f reason=%s rule=%s%s",
                      client, user, target, up, status, (unsigned long long)t->upstream.sent,
-                     (unsigned long long)down, ev_now(t->srv->loop) - t->started, reason, rule);
+                     (unsigned long long)down, ev_now(t->srv->loop) - t->started, reason, rule, lb);
     if (n > 0)
         log_access(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
 }
@@ -1026,6 +1268,7 @@ void tunnel_close(struct tunnel *t, const char *reason) {
     struct server *srv = t->srv;
     if (t->state == TUNNEL_CLOSED)
         return;
+    close_extras(t); /* attempts beyond t->upstream, while CONNECTING */
     t->state = TUNNEL_CLOSED;
     ev_timer_stop(srv->loop, &t->timer);
     if (t->hs && t->hs->dnsq) {
@@ -1086,8 +1329,9 @@ void tunnel_refuse_handshakes(struct server *srv) {
     struct tunnel *t = srv->live, *next;
     for (; t; t = next) {
         next = t->next;
-        if (t->state == TUNNEL_READ_REQUEST || t->state == TUNNEL_AUTHENTICATING ||
-            t->state == TUNNEL_RESOLVING || t->state == TUNNEL_CONNECTING)
+        if (t->state == TUNNEL_READ_REQUEST || t->state == TUNNEL_READ_PROXY ||
+            t->state == TUNNEL_AUTHENTICATING || t->state == TUNNEL_RESOLVING ||
+            t->state == TUNNEL_CONNECTING)
             refuse(t, 503, "proxy_internal_response", NULL, "proxy is shutting down", "shutdown");
     }
 }
