@@ -82,6 +82,9 @@ void tunnel_close(struct tunnel *t, const char *reason);
  * timer. */
 void tunnel_watch_stall(struct tunnel *t);
 
+/* relay.c: the client has received the whole 200: the tunnel counts as established now. */
+void tunnel_delivered(struct tunnel *t);
+
 /* Free tunnels queued by tunnel_close(). */
 void tunnel_reap(struct server *srv);
 

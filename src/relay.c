@@ -130,10 +130,14 @@ static inline void count_sent(struct tunnel *t, struct endpoint *dst, size_t n) 
         STATS_ADD(c[C_BYTES_UP], n);
         return;
     }
-    if (before >= HTTP_CONNECT_OK_LEN)
+    if (before >= HTTP_CONNECT_OK_LEN) {
         STATS_ADD(c[C_BYTES_DOWN], n);
-    else if (dst->sent > HTTP_CONNECT_OK_LEN)
-        STATS_ADD(c[C_BYTES_DOWN], dst->sent - HTTP_CONNECT_OK_LEN);
+        return;
+    }
+    if (dst->sent < HTTP_CONNECT_OK_LEN)
+        return;
+    tunnel_delivered(t); /* the last byte of the 200 went out just now */
+    STATS_ADD(c[C_BYTES_DOWN], dst->sent - HTTP_CONNECT_OK_LEN);
 }
 
 static const char *reset_reason(const struct tunnel *t, const struct endpoint *e) {

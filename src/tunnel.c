@@ -614,14 +614,11 @@ static void connected(struct tunnel *t) {
     ev_io_stop(t->srv->loop, &t->client.rw);
     ev_timer_stop(t->srv->loop, &t->timer);
     t->status = 200;
-    /* Counted before the relay starts: its first flush may already close the tunnel. */
+    /* Set before the relay starts: its first flush may already deliver the 200 (then
+     * tunnel_delivered() counts the tunnel) or close it. */
     ev_tstamp now = ev_now(t->srv->loop);
     t->established = now;
-    t->srv->tunnels++;
-    STATS_INC(outcome[OUTCOME_ESTABLISHED]);
-    stats_observe(HIST_CONNECT, now - t->started);
     stats_observe(HIST_DIAL, now - hs->dial_started);
-    stats_set(&stats_me->g.tunnels_open, t->srv->tunnels);
     size_t early = hs->reqlen - hs->parser.req.header_len;
     if (relay_start(t, HTTP_CONNECT_OK, HTTP_CONNECT_OK_LEN, hs->req + hs->parser.req.header_len,
                     early) == -1) {
@@ -988,6 +985,14 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     }
 }
 
+void tunnel_delivered(struct tunnel *t) {
+    struct server *srv = t->srv;
+    srv->tunnels++;
+    STATS_INC(outcome[OUTCOME_ESTABLISHED]);
+    stats_observe(HIST_CONNECT, ev_now(srv->loop) - t->started);
+    stats_set(&stats_me->g.tunnels_open, srv->tunnels);
+}
+
 void tunnel_watch_stall(struct tunnel *t) {
     if (t->stall_watch)
         return;
@@ -1290,12 +1295,13 @@ void tunnel_close(struct tunnel *t, const char *reason) {
     else
         srv->refusing--;
     stats_set(&stats_me->g.connections_open, srv->active + srv->refusing);
-    if (t->established != 0) {
+    if (t->established != 0 && t->client.sent >= HTTP_CONNECT_OK_LEN) {
         srv->tunnels--;
         stats_set(&stats_me->g.tunnels_open, srv->tunnels);
         stats_closed(reason);
         stats_observe(HIST_TUNNEL, ev_now(srv->loop) - t->established);
-    } else if (t->status == 0) {
+    } else if (t->status == 0 || t->established != 0) {
+        /* No answer, or a 200 the client never got (the access log says status=0 then). */
         STATS_INC(outcome[OUTCOME_ABORTED]);
     }
     if (srv->cursors)
