@@ -35,6 +35,22 @@ struct listen_addr {
     bool proxy_protocol; /* "proxy-protocol": clients arrive behind a PROXY v1/v2 header */
 };
 
+/* [parent NAME]: a proxy to send tunnels through (it gets connectd's own CONNECT). */
+struct parent {
+    char *name;
+    char *host; /* a name (resolved when dialed) or an IP literal */
+    unsigned short port;
+    char *credentials_file; /* "user:password"; NULL = none */
+    char *authorization;    /* "Basic base64(user:password)", made from it; NULL = none */
+    double connect_timeout; /* connect and the parent's answer, seconds */
+    double backoff;         /* a parent that failed is skipped for this long */
+    int line;               /* of its [parent NAME] header, for messages */
+    int seen[4];            /* lines where its keys were set */
+};
+
+/* Where an allowed request goes: parents' indexes in struct config, DIRECT for no parent. */
+#define VIA_DIRECT (-1)
+
 /* [admin]: while parsing, its own listen list; after loading, its addresses are appended to
  * struct config's listen (marked admin) and admin.listen is NULL. */
 struct admin_config {
@@ -79,6 +95,12 @@ struct config {
     char *access_log; /* "stderr", "off", or a path */
     /* [admin] */
     struct admin_config admin;
+    /* [parent NAME] sections, and [access] via: the default route (VIA_DIRECT or indexes) */
+    struct parent *parents;
+    size_t nparents;
+    int *via;
+    size_t nvia;
+    char *via_text; /* [access] via as written, resolved once every parent is read */
 };
 
 /* Fill every field with the documented default (listen 127.0.0.1:3128, allow_ports 443,

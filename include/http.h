@@ -92,6 +92,18 @@ const char *http_status_text(int status);
 size_t http_build_error(char *out, size_t outlen, int status, const char *proxy_error,
                         const char *params, const char *details, const char *extra);
 
+/* A parent proxy's answer to connectd's CONNECT: buf[0..len) is what arrived so far. MORE until
+ * the header block ends (within max bytes), then DONE with *status and *head_len (bytes after it
+ * are already tunnel data), or ERROR with *reason (not "HTTP/1.x NNN", or too large). */
+enum http_parse_result http_parse_response(const char *buf, size_t len, size_t max, int *status,
+                                           size_t *head_len, const char **reason);
+
+/* Every value of the header fields called name (case-insensitive) in a request's header block
+ * buf[0..header_len), joined by ", " into out (NUL-terminated; values that do not fit whole are
+ * left out). Returns the length written. */
+size_t http_header_values(const char *buf, size_t header_len, const char *name, char *out,
+                          size_t outlen);
+
 /* The 2xx reply that switches the connection to tunnel mode. */
 extern const char HTTP_CONNECT_OK[];
 extern const size_t HTTP_CONNECT_OK_LEN;

@@ -33,6 +33,12 @@ struct rule {
     size_t nusers;
     struct host_list hosts;
     struct port_list ports;
+    /* via: where an allowed request goes: parent names ([parent NAME] in proxy.ini) and
+     * "direct", tried in this order (failover). Absent: proxy.ini's [access] via. */
+    bool has_via;
+    char **via;
+    size_t nvia;
+    int *via_idx; /* the same, resolved by config.c: a parent's index, or -1 for direct */
 };
 
 struct rule_set {

@@ -25,6 +25,7 @@ struct gen {
     struct config cfg;
     struct dns *dns;
     struct auth_service *auth; /* NULL without [auth] users_file */
+    double *parent_down;       /* per [parent NAME]: skipped until this ev_now() (back-off) */
     unsigned refs;
 };
 

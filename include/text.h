@@ -18,6 +18,10 @@ void text_seterr(char *err, size_t errlen, const char *fmt, ...)
  * does not fit (buf then holds its truncated start, for the message). */
 int text_next_item(const char **sp, char *buf, size_t bufsize);
 
+/* Base64 (RFC 4648, with padding) of in[0..n) into out, which must hold 4 * ((n + 2) / 3) + 1
+ * bytes; NUL-terminated. */
+void text_base64(const void *in, size_t n, char *out);
+
 /* Read the whole file at path, at most max bytes, into a new buffer (*buf, NUL-terminated,
  * *len bytes before the NUL; free() it). Returns 0, or -1 with "PATH: cannot open: ...",
  * "PATH: larger than MAX bytes", "PATH: cannot read: ..." or "PATH: out of memory" in err. The

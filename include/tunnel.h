@@ -24,6 +24,7 @@ enum tunnel_state {
     TUNNEL_ERROR_REPLY,      /* writing a refusal */
     TUNNEL_LINGER,           /* refusal sent; reading and discarding until the client closes */
     TUNNEL_READ_PROXY,       /* reading the load balancer's PROXY header ("proxy-protocol") */
+    TUNNEL_PARENT,           /* our CONNECT sent to a parent proxy; waiting for its answer */
     TUNNEL_CLOSED,
 };
 
@@ -61,12 +62,18 @@ struct tunnel {
     char target_short[48]; /* holds most targets without an allocation */
     const char *user;      /* authenticated user (owned by the config), NULL if none */
     const char *rule;      /* what decided: a policy rule's name or a proxy.ini list, or NULL */
-    int status;            /* HTTP status sent, 0 if none */
-    bool counted;          /* counts against max_connections */
-    bool pac;              /* answered GET /proxy.pac instead of tunnelling */
-    bool stall_watch;      /* the timer is checking a stalled relay every STALL_CHECK s */
-    struct client_entry *ce; /* per-client accounting, NULL when not limited */
+    const struct parent *parent; /* the parent proxy it goes through (config), NULL: direct */
+    int status;                  /* HTTP status sent, 0 if none */
+    bool counted;                /* counts against max_connections */
+    bool pac;                    /* answered GET /proxy.pac instead of tunnelling */
+    bool stall_watch;            /* the timer is checking a stalled relay every STALL_CHECK s */
+    struct client_entry *ce;     /* per-client accounting, NULL when not limited */
 };
+
+/* The Via pseudonym this proxy adds to its CONNECTs to parents and looks for in requests
+ * ("connectd-ID"; ID random per start, shared by the workers). */
+extern char tunnel_via_name[40];
+void tunnel_set_via_name(const char *id);
 
 /* Take ownership of a freshly accepted, non-blocking client socket. proxy_protocol: it comes
  * from a "proxy-protocol" listener, so a PROXY header precedes the request. */

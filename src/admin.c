@@ -182,6 +182,8 @@ static const char *state_name(enum tunnel_state s) {
         return "closing";
     case TUNNEL_READ_PROXY:
         return "proxy-header";
+    case TUNNEL_PARENT:
+        return "parent";
     case TUNNEL_CLOSED:
         return "closed";
     }
@@ -219,6 +221,7 @@ static json_t *tunnel_json(const struct tunnel *t, ev_tstamp now, unsigned worke
     json_object_set_new(o, "bytes_up", json_integer((json_int_t)t->upstream.sent));
     json_object_set_new(o, "bytes_down", json_integer((json_int_t)down));
     json_object_set_new(o, "rule", jstr(t->rule));
+    json_object_set_new(o, "parent", t->parent ? json_string(t->parent->name) : json_null());
     if (t->balancer.sa.sa_family != 0) {
         char lb[ADDR_TEXT_MAX];
         addr_format(&t->balancer.sa, true, lb, sizeof lb);

@@ -12,6 +12,7 @@
  * The first error stops parsing; nothing after it is applied. */
 #include "config.h"
 #include "addr.h"
+#include "http.h"
 #include "policy_yaml.h"
 #include "text.h"
 
@@ -72,6 +73,7 @@ enum key_id {
     K_TIMEOUT_GRACE,
     K_PROXY_PROTOCOL_FROM,
     K_TIMEOUT_HAPPY_EYEBALLS,
+    K_VIA,
     K_COUNT
 };
 
@@ -111,6 +113,7 @@ static const struct key_def {
     [K_TIMEOUT_GRACE] = {"timeouts", "grace"},
     [K_PROXY_PROTOCOL_FROM] = {"server", "proxy_protocol_from"},
     [K_TIMEOUT_HAPPY_EYEBALLS] = {"timeouts", "happy_eyeballs"},
+    [K_VIA] = {"access", "via"},
 };
 
 static const char *const sections[] = {"server", "access", "dns",  "timeouts",
@@ -554,6 +557,14 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
         c->proxy_protocol_from = l;
         return 0;
     }
+    case K_VIA:
+        free(c->via_text);
+        c->via_text = strdup(v);
+        if (!c->via_text) {
+            text_seterr(why, whylen, "out of memory");
+            return -1;
+        }
+        return 0;
     case K_TIMEOUT_HAPPY_EYEBALLS:
         /* RFC 8305 section 5: at least 10 ms (100 ms recommended), at most 2 s. */
         if (config_parse_duration(v, &c->timeout_happy_eyeballs) != 0 ||
@@ -704,6 +715,102 @@ static bool known_section(const char *s, size_t n) {
     return false;
 }
 
+/* "[parent NAME]": a new parent, with its defaults. Names are 1-32 of [A-Za-z0-9_-], unique,
+ * and not "direct" (which means no parent). */
+static int new_parent(struct ctx *x, const char *name, size_t n) {
+    struct config *c = x->c;
+    static const char ok[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_";
+    size_t good = 0;
+
+    while (good < n && name[good] && strchr(ok, name[good]))
+        good++;
+    if (n == 0 || n > 32 || good != n || (n == 6 && memcmp(name, "direct", 6) == 0)) {
+        fail(x,
+             "%s:%d: [parent %.*s]: a parent's name is 1-32 letters, digits, '-' or '_', and "
+             "not 'direct'",
+             x->name, x->lineno, (int)(n > 40 ? 40 : n), name);
+        return -1;
+    }
+    for (size_t i = 0; i < c->nparents; i++) {
+        if (strlen(c->parents[i].name) == n && memcmp(c->parents[i].name, name, n) == 0) {
+            fail(x, "%s:%d: [parent %.*s]: already defined on line %d", x->name, x->lineno, (int)n,
+                 name, c->parents[i].line);
+            return -1;
+        }
+    }
+    struct parent *v = realloc(c->parents, (c->nparents + 1) * sizeof *v);
+    if (!v) {
+        fail(x, "%s: out of memory", x->name);
+        return -1;
+    }
+    c->parents = v;
+    struct parent *pa = &v[c->nparents];
+    memset(pa, 0, sizeof *pa);
+    pa->name = strndup(name, n);
+    if (!pa->name) {
+        fail(x, "%s: out of memory", x->name);
+        return -1;
+    }
+    pa->connect_timeout = 5;
+    pa->backoff = 30;
+    pa->line = x->lineno;
+    c->nparents++;
+    return 0;
+}
+
+/* A key of [parent NAME] (the section was created by new_parent()). */
+static int parent_key(struct ctx *x, struct parent *pa, const char *name, const char *v) {
+    static const char *const names[] = {"address", "credentials_file", "connect_timeout",
+                                        "backoff"};
+    char why[WHY_MAX] = "";
+    size_t k;
+    int rc = -1;
+
+    for (k = 0; k < 4; k++)
+        if (strcmp(names[k], name) == 0)
+            break;
+    if (k == 4) {
+        fail(x,
+             "%s:%d: [parent %s] %s: unknown key (known: address, credentials_file, "
+             "connect_timeout, backoff)",
+             x->name, x->lineno, pa->name, name);
+        return -1;
+    }
+    if (pa->seen[k]) {
+        fail(x, "%s:%d: [parent %s] %s: duplicate key (already set on line %d)", x->name, x->lineno,
+             pa->name, name, pa->seen[k]);
+        return -1;
+    }
+    pa->seen[k] = x->lineno;
+    switch (k) {
+    case 0: {
+        struct http_request req;
+        const char *reason = NULL;
+        if (http_parse_authority(v, strlen(v), false, &req, &reason) != 0) {
+            text_seterr(why, sizeof why, "must be host:port (%s)", reason ? reason : "bad");
+            break;
+        }
+        free(pa->host);
+        pa->host = strdup(req.host);
+        pa->port = req.port;
+        rc = pa->host ? 0 : -1;
+        if (rc)
+            text_seterr(why, sizeof why, "out of memory");
+        break;
+    }
+    case 1:
+        rc = set_path(&pa->credentials_file, v, why, sizeof why);
+        break;
+    case 2:
+    case 3:
+        rc = set_timeout(v, k == 2 ? &pa->connect_timeout : &pa->backoff, false, why, sizeof why);
+        break;
+    }
+    if (rc != 0)
+        fail(x, "%s:%d: [parent %s] %s: %s (got '%s')", x->name, x->lineno, pa->name, name, why, v);
+    return rc;
+}
+
 /* Validate one line (leading whitespace already removed) the way inih will read it, so that
  * what inih would skip, split or reject is reported here, in line order. 0 or -1 (failed). */
 static int check_line(struct ctx *x, const char *p, size_t n) {
@@ -721,10 +828,13 @@ static int check_line(struct ctx *x, const char *p, size_t n) {
             return -1;
         }
         sl = (size_t)(close - p - 1);
-        if (!known_section(p + 1, sl)) {
+        if (sl > 7 && memcmp(p + 1, "parent ", 7) == 0) {
+            if (new_parent(x, p + 8, sl - 7) != 0)
+                return -1;
+        } else if (!known_section(p + 1, sl)) {
             fail(x,
                  "%s:%d: [%.*s]: unknown section (known: [server] [access] [dns] [timeouts] "
-                 "[limits] [log] [auth])",
+                 "[limits] [log] [auth] [admin] [parent NAME])",
                  x->name, x->lineno, (int)sl, p + 1);
             return -1;
         }
@@ -827,6 +937,12 @@ static int handler(void *user, const char *section, const char *name, const char
     if (section[0] == '\0') {
         fail(x, "%s:%d: %s: key before any [section]", x->name, x->lineno, name);
         return 0;
+    }
+    if (strncmp(section, "parent ", 7) == 0) {
+        for (size_t i = 0; i < x->c->nparents; i++)
+            if (strcmp(x->c->parents[i].name, section + 7) == 0)
+                return parent_key(x, &x->c->parents[i], name, value) == 0;
+        return 0; /* cannot happen: check_line() made it */
     }
     for (id = 0; id < K_COUNT; id++)
         if (strcmp(keys[id].section, section) == 0 && strcmp(keys[id].name, name) == 0)
@@ -1005,6 +1121,110 @@ static int merge_admin_listen(struct ctx *x) {
     return 0;
 }
 
+/* One via name: a parent's index, or VIA_DIRECT; -1 with a message when unknown. */
+static int via_index(const struct config *c, const char *name, int *idx, char *why, size_t whylen) {
+    if (strcmp(name, "direct") == 0) {
+        *idx = VIA_DIRECT;
+        return 0;
+    }
+    for (size_t i = 0; i < c->nparents; i++) {
+        if (strcmp(c->parents[i].name, name) == 0) {
+            *idx = (int)i;
+            return 0;
+        }
+    }
+    text_seterr(why, whylen, "'%s' is neither direct nor a [parent NAME] section", name);
+    return -1;
+}
+
+/* A parent's credentials file: one "user:password" line, kept as the Basic header value. */
+static int load_credentials(struct parent *pa, char *why, size_t whylen) {
+    char *buf;
+    size_t n;
+
+    if (text_read_file(pa->credentials_file, 4096, &buf, &n, why, whylen) != 0)
+        return -1;
+    size_t len = strcspn(buf, "\r\n");
+    buf[len] = '\0';
+    const char *colon = strchr(buf, ':');
+    int rc = -1;
+    if (!colon || colon == buf) {
+        text_seterr(why, whylen, "%s: expected one line 'user:password'", pa->credentials_file);
+    } else if (!(pa->authorization = malloc(6 + 4 * ((len + 2) / 3) + 1))) {
+        text_seterr(why, whylen, "out of memory");
+    } else {
+        memcpy(pa->authorization, "Basic ", 6);
+        text_base64(buf, len, pa->authorization + 6);
+        rc = 0;
+    }
+    explicit_bzero(buf, n);
+    free(buf);
+    return rc;
+}
+
+/* Parents: each needs an address; their credentials files; [access] via and the rules' via. */
+static int link_parents(struct ctx *x) {
+    struct config *c = x->c;
+    char why[CONFIG_ERR_MAX], item[64];
+    const char *s;
+    int rc;
+
+    for (size_t i = 0; i < c->nparents; i++) {
+        struct parent *pa = &c->parents[i];
+        if (!pa->host) {
+            fail(x, "%s:%d: [parent %s]: needs an address (address = host:port)", x->name, pa->line,
+                 pa->name);
+            return -1;
+        }
+        if (resolve_path(x, &pa->credentials_file, pa->seen[1], "credentials_file") != 0)
+            return -1;
+        if (pa->credentials_file && load_credentials(pa, why, sizeof why) != 0) {
+            fail(x, "%s:%d: [parent %s] credentials_file: %s", x->name, pa->seen[1], pa->name, why);
+            return -1;
+        }
+    }
+    s = c->via_text ? c->via_text : "direct";
+    c->nvia = count_items(s);
+    c->via = calloc(c->nvia, sizeof *c->via);
+    if (!c->via) {
+        fail(x, "%s: out of memory", x->name);
+        return -1;
+    }
+    c->nvia = 0;
+    while ((rc = text_next_item(&s, item, sizeof item)) != 0) {
+        if (rc > 0 && item[0] == '\0')
+            continue;
+        if (rc < 0 || via_index(c, item, &c->via[c->nvia], why, sizeof why) != 0) {
+            fail(x, "%s:%d: [access] via: %s", x->name, x->seen[K_VIA],
+                 rc < 0 ? "a name is too long" : why);
+            return -1;
+        }
+        c->nvia++;
+    }
+    if (c->nvia == 0) {
+        fail(x, "%s:%d: [access] via: needs direct or a parent's name", x->name, x->seen[K_VIA]);
+        return -1;
+    }
+    for (size_t i = 0; i < c->rules.n; i++) {
+        struct rule *r = &c->rules.v[i];
+        if (!r->has_via)
+            continue;
+        r->via_idx = calloc(r->nvia, sizeof *r->via_idx);
+        if (!r->via_idx) {
+            fail(x, "%s: out of memory", x->name);
+            return -1;
+        }
+        for (size_t j = 0; j < r->nvia; j++) {
+            if (via_index(c, r->via[j], &r->via_idx[j], why, sizeof why) != 0) {
+                fail(x, "%s:%d: [access] policy: %s: rule %s: via: %s", x->name, x->seen[K_POLICY],
+                     c->policy_file, r->name, why);
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 /* The policy and users files, and the names that must agree between them. */
 static int load_linked_files(struct ctx *x) {
     struct config *c = x->c;
@@ -1083,7 +1303,7 @@ static int load_text(const char *text, size_t len, const char *name, struct conf
         fail(&x, "%s: out of memory", name);
     if (x.failed)
         goto fail;
-    if (merge_admin_listen(&x) != 0 || load_linked_files(&x) != 0)
+    if (merge_admin_listen(&x) != 0 || load_linked_files(&x) != 0 || link_parents(&x) != 0)
         goto fail;
     return 0;
 fail:
@@ -1129,6 +1349,18 @@ void config_free(struct config *c) {
     auth_users_free(&c->users);
     free(c->realm);
     free(c->user);
+    for (size_t i = 0; i < c->nparents; i++) {
+        struct parent *pa = &c->parents[i];
+        free(pa->name);
+        free(pa->host);
+        free(pa->credentials_file);
+        if (pa->authorization)
+            explicit_bzero(pa->authorization, strlen(pa->authorization));
+        free(pa->authorization);
+    }
+    free(c->parents);
+    free(c->via);
+    free(c->via_text);
     free(c->admin.listen);
     policy_free_cidrs(&c->proxy_protocol_from);
     policy_free_cidrs(&c->admin.allow_clients);

@@ -19,6 +19,11 @@ struct gen *gen_new(struct ev_loop *loop, struct config *cfg, char *err, size_t 
     g->cfg = *cfg;
     memset(cfg, 0, sizeof *cfg);
     g->refs = 1;
+    g->parent_down = calloc(g->cfg.nparents ? g->cfg.nparents : 1, sizeof *g->parent_down);
+    if (!g->parent_down) {
+        text_seterr(err, errlen, "out of memory");
+        goto fail;
+    }
     struct dns_config dc = {.servers = g->cfg.dns_servers,
                             .timeout = g->cfg.timeout_dns,
                             .cache_size = g->cfg.dns_cache};
@@ -48,5 +53,6 @@ void gen_unref(struct gen *g) {
     if (g->dns)
         dns_free(g->dns);
     config_free(&g->cfg);
+    free(g->parent_down);
     free(g);
 }

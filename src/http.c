@@ -779,3 +779,91 @@ size_t http_build_error(char *out, size_t outlen, int status, const char *proxy_
     }
     return w.len - 1;
 }
+
+/* ---- a parent proxy's answer ---- */
+
+enum http_parse_result http_parse_response(const char *buf, size_t len, size_t max, int *status,
+                                           size_t *head_len, const char **reason) {
+    const unsigned char *b = (const unsigned char *)buf;
+    size_t end = 0;
+
+    *reason = NULL;
+    /* The status line is judged as soon as it is there: "HTTP/1.x NNN". */
+    if (len >= 1 && b[0] != 'H') {
+        *reason = "not an HTTP response";
+        return HTTP_PARSE_ERROR;
+    }
+    if (len >= 12) {
+        if (memcmp(b, "HTTP/1.", 7) != 0 || !is_digit(b[7]) || b[8] != ' ' || !is_digit(b[9]) ||
+            !is_digit(b[10]) || !is_digit(b[11]) ||
+            (len > 12 && b[12] != ' ' && b[12] != '\r' && b[12] != '\n')) {
+            *reason = "bad status line";
+            return HTTP_PARSE_ERROR;
+        }
+        *status = (b[9] - '0') * 100 + (b[10] - '0') * 10 + (b[11] - '0');
+    }
+    for (size_t i = 0; i < len && i < max; i++) {
+        if (b[i] != '\n')
+            continue;
+        if (i >= 1 && b[i - 1] == '\n') {
+            end = i + 1;
+            break;
+        }
+        if (i >= 2 && b[i - 1] == '\r' && b[i - 2] == '\n') {
+            end = i + 1;
+            break;
+        }
+    }
+    if (end == 0) {
+        if (len >= max) {
+            *reason = "response header too large";
+            return HTTP_PARSE_ERROR;
+        }
+        return HTTP_PARSE_MORE;
+    }
+    if (end < 13) {
+        *reason = "bad status line";
+        return HTTP_PARSE_ERROR;
+    }
+    *head_len = end;
+    return HTTP_PARSE_DONE;
+}
+
+size_t http_header_values(const char *buf, size_t header_len, const char *name, char *out,
+                          size_t outlen) {
+    size_t nl = strlen(name), o = 0, pos = 0;
+
+    if (outlen == 0)
+        return 0;
+    out[0] = '\0';
+    /* Skip the request line; then each "name: value" line. */
+    while (pos < header_len && buf[pos] != '\n')
+        pos++;
+    while (++pos < header_len) {
+        size_t eol = pos;
+        while (eol < header_len && buf[eol] != '\n')
+            eol++;
+        if (eol - pos > nl && buf[pos + nl] == ':' &&
+            name_is((const unsigned char *)buf + pos, nl, name)) {
+            size_t v = pos + nl + 1, e = eol;
+            while (v < e && (buf[v] == ' ' || buf[v] == '\t'))
+                v++;
+            while (e > v && (buf[e - 1] == '\r' || buf[e - 1] == ' ' || buf[e - 1] == '\t'))
+                e--;
+            if (e > v) {
+                size_t need = (o ? 2 : 0) + (e - v);
+                if (o + need >= outlen)
+                    break; /* what fits is kept whole, item by item */
+                if (o) {
+                    memcpy(out + o, ", ", 2);
+                    o += 2;
+                }
+                memcpy(out + o, buf + v, e - v);
+                o += e - v;
+                out[o] = '\0';
+            }
+        }
+        pos = eol;
+    }
+    return o;
+}

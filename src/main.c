@@ -8,6 +8,8 @@
 #include <string.h>
 #include <pwd.h>
 #include <sys/socket.h>
+#include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
@@ -19,6 +21,7 @@
 #include "passwd.h"
 #include "privdrop.h"
 #include "server.h"
+#include "tunnel.h"
 #include "version.h"
 
 #define DEFAULT_CONFIG "/etc/connectd/proxy.ini"
@@ -126,6 +129,14 @@ int main(int argc, char **argv) {
     }
 
     reserve_std_fds();
+    /* The pseudonym in Via: random per start, so two instances never share it (even with the
+     * same host name and addresses in other namespaces); the workers inherit it. */
+    uint64_t id = 0;
+    if (getrandom(&id, sizeof id, GRND_NONBLOCK) != (ssize_t)sizeof id)
+        id = (uint64_t)getpid() << 32 ^ (uint64_t)time(NULL);
+    char idtext[20];
+    snprintf(idtext, sizeof idtext, "%016llx", (unsigned long long)id);
+    tunnel_set_via_name(idtext);
     struct config cfg;
     char err[CONFIG_ERR_MAX];
     if (config_load_file(path, &cfg, err, sizeof err) == -1) {

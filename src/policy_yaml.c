@@ -3,8 +3,9 @@
  * The accepted language is deliberately small, so that a policy means one thing only:
  *   - one document whose top level is a mapping with exactly the key "rules", a non-empty
  *     sequence of at most RULES_MAX mappings;
- *   - rule keys: name, clients, users, hosts, ports (a sequence of scalars, one item each, or one
- *     scalar holding proxy.ini's comma-separated list syntax), action (allow | deny, required);
+ *   - rule keys: name, clients, users, hosts, ports, via (a sequence of scalars, one item each, or
+ *     one scalar holding proxy.ini's comma-separated list syntax), action (allow | deny,
+ *     required); via only on allow rules;
  *   - no anchors, aliases or explicit tags, no nested lists, no empty lists (omit the key);
  *   - a plain empty value, "~" or "null" is a missing value, never the text "null";
  *   - values are printable ASCII (names must be IDNA A-labels, xn--..., anyway).
@@ -39,11 +40,12 @@ enum key {
     KEY_HOSTS,
     KEY_PORTS,
     KEY_ACTION,
+    KEY_VIA,
     KEY_COUNT,
 };
 
-static const char *const key_names[KEY_COUNT] = {"name",  "clients", "users",
-                                                 "hosts", "ports",   "action"};
+static const char *const key_names[KEY_COUNT] = {"name",  "clients", "users", "hosts",
+                                                 "ports", "action",  "via"};
 
 struct loader {
     yaml_parser_t parser;
@@ -263,7 +265,7 @@ static int out_of_memory(struct loader *ld) {
 
 /* Capacities of the lists of the rule being loaded. */
 struct caps {
-    size_t clients, users, hosts, ports;
+    size_t clients, users, hosts, ports, via;
 };
 
 /* User names as auth.h has them: 1-AUTH_USER_MAX bytes of printable ASCII, no ':' or space.
@@ -296,6 +298,38 @@ static int add_users(struct loader *ld, struct rule *r, struct caps *caps, const
         if (!copy)
             return out_of_memory(ld);
         r->users[r->nusers++] = copy;
+        (*added)++;
+    }
+    return 0;
+}
+
+/* Parent names (proxy.ini's [parent NAME]) or "direct": 1-32 letters, digits, '-', '_'. Whether
+ * they exist is checked against proxy.ini by config.c. */
+static int add_via(struct loader *ld, struct rule *r, struct caps *caps, const yaml_event_t *ev,
+                   size_t *added) {
+    const char *s = scalar(ev);
+    char item[40];
+    char shown[SHOW_MAX + 4];
+    int rc;
+
+    while ((rc = text_next_item(&s, item, sizeof item)) != 0) {
+        if (item[0] == '\0' && rc > 0)
+            continue;
+        size_t n = strlen(item);
+        if (rc < 0 || n > 32 ||
+            strspn(item, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                         "0123456789-_") != n)
+            return fail(ld, ev->start_mark,
+                        "via: bad name '%s': a parent's name (letters, digits, '-', '_', at most "
+                        "32) or direct",
+                        show(item, n, shown));
+        char **nv = reserve(r->via, &caps->via, r->nvia + 1, sizeof *nv);
+        if (!nv)
+            return out_of_memory(ld);
+        r->via = nv;
+        if (!(r->via[r->nvia] = strdup(item)))
+            return out_of_memory(ld);
+        r->nvia++;
         (*added)++;
     }
     return 0;
@@ -369,11 +403,14 @@ static int add_scalar(struct loader *ld, struct rule *r, enum key k, struct caps
     case KEY_USERS:
         rc = add_users(ld, r, caps, ev, &added);
         break;
+    case KEY_VIA:
+        rc = add_via(ld, r, caps, ev, &added);
+        break;
     default:
         return fail(ld, ev->start_mark, "%s: not a list key", key); /* not reached */
     }
     if (rc != 0)
-        return k == KEY_USERS ? rc : out_of_memory(ld);
+        return k == KEY_USERS || k == KEY_VIA ? rc : out_of_memory(ld);
     if (added == 0)
         return entry ? fail(ld, ev->start_mark, "%s: empty list entry", key)
                      : fail(ld, ev->start_mark, "%s: empty list; omit the key to match anything",
@@ -384,7 +421,7 @@ static int add_scalar(struct loader *ld, struct rule *r, enum key k, struct caps
 /* The value of a list key: one scalar ("443, 8443") or a sequence of scalars ([443, 8443]). */
 static int load_list(struct loader *ld, struct rule *r, enum key k) {
     const char *key = key_names[k];
-    struct caps caps = {0, 0, 0, 0};
+    struct caps caps = {0, 0, 0, 0, 0};
     yaml_event_t ev;
     yaml_mark_t start;
     size_t entries = 0;
@@ -565,7 +602,7 @@ static int load_rule(struct loader *ld, const yaml_event_t *start) {
         if (k == KEY_COUNT) {
             rc = fail(ld, ev.start_mark,
                       "unknown key '%s' in rule (expected name, clients, users, hosts, ports, "
-                      "action)",
+                      "via, action)",
                       show(scalar(&ev), ev.data.scalar.length, shown));
             yaml_event_delete(&ev);
             return rc;
@@ -599,6 +636,9 @@ static int load_rule(struct loader *ld, const yaml_event_t *start) {
     r->has_users = seen[KEY_USERS];
     r->has_hosts = seen[KEY_HOSTS];
     r->has_ports = seen[KEY_PORTS];
+    r->has_via = seen[KEY_VIA];
+    if (r->has_via && r->action == RULE_DENY)
+        return fail(ld, start->start_mark, "a deny rule has no via: it sends nothing anywhere");
     if (!r->name) {
         size_t n = strlen(ld->name) + 24; /* ":" and a size_t */
 

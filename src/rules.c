@@ -23,6 +23,13 @@ void rules_free(struct rule_set *rs) {
         free(r->users);
         r->users = NULL;
         r->nusers = 0;
+        for (size_t j = 0; j < r->nvia; j++)
+            free(r->via[j]);
+        free(r->via);
+        free(r->via_idx);
+        r->via = NULL;
+        r->via_idx = NULL;
+        r->nvia = 0;
         policy_free_hosts(&r->hosts);
         policy_free_ports(&r->ports);
     }

@@ -225,6 +225,8 @@ static const char *const reasons[STATS_REASONS] = {
     "pac_error",
     "bad_proxy_header",
     "proxy_header_timeout",
+    "parent_refused",
+    "parent_error",
     "other",
 };
 

@@ -29,13 +29,14 @@
 #include "rules.h"
 #include "stats.h"
 
-#define LINGER_SECONDS 2.0  /* after a refusal, wait this long for the client to close */
-#define REPLY_SECONDS  5.0  /* a refusal must be written within this */
-#define REFUSING_MAX   1024 /* connections being refused at once; beyond, just close */
-#define REPLY_MAX      1024
-#define REQ_INITIAL    4096 /* a CONNECT plus a TLS ClientHello usually fits */
-#define STALL_CHECK    1.0  /* seconds between socket checks while a relay direction waits */
-#define HE_EXTRA       3    /* connect attempts at once beyond the first (Happy Eyeballs) */
+#define LINGER_SECONDS    2.0  /* after a refusal, wait this long for the client to close */
+#define REPLY_SECONDS     5.0  /* a refusal must be written within this */
+#define REFUSING_MAX      1024 /* connections being refused at once; beyond, just close */
+#define REPLY_MAX         1024
+#define REQ_INITIAL       4096 /* a CONNECT plus a TLS ClientHello usually fits */
+#define STALL_CHECK       1.0  /* seconds between socket checks while a relay direction waits */
+#define HE_EXTRA          3    /* connect attempts at once beyond the first (Happy Eyeballs) */
+#define PARENT_ANSWER_MAX 8192 /* a parent's answer to our CONNECT: status line and headers */
 
 struct tunnel;
 
@@ -68,9 +69,20 @@ struct handshake {
     bool denied_host;       /* set when an address was refused by deny_hosts */
     ev_tstamp connect_deadline;
     ev_tstamp dns_started, dial_started; /* for the DNS and dial time histograms */
-    size_t up_idx;                       /* the address of the attempt on t->upstream */
-    unsigned inflight;                   /* connect attempts under way */
-    ev_timer stagger;                    /* Happy Eyeballs: starts the next attempt */
+    /* Where the request goes (rule via or [access] via), and how far down that list we are. */
+    const int *route;
+    size_t nroute, route_pos;
+    int via;    /* the current choice: a parent's index, or VIA_DIRECT */
+    char *pbuf; /* through a parent: our CONNECT, then its answer */
+    size_t plen, psent;
+    /* the last parent failure, for the refusal when every choice has failed */
+    int pfail_status;
+    const char *pfail_error, *pfail_reason;
+    char pfail_params[64], pfail_details[160];
+    bool parent_ok;    /* the parent answered 2xx: relay */
+    size_t up_idx;     /* the address of the attempt on t->upstream */
+    unsigned inflight; /* connect attempts under way */
+    ev_timer stagger;  /* Happy Eyeballs: starts the next attempt */
     struct attempt extra[HE_EXTRA];
     char *reply; /* REPLY_MAX bytes, allocated only for a refusal */
     size_t replylen, replyoff;
@@ -87,14 +99,26 @@ static void dial_next(struct tunnel *t);
 static void dial_begin(struct tunnel *t);
 static void dial_abort(struct tunnel *t);
 static void close_extras(struct tunnel *t);
+static void route_next(struct tunnel *t);
+static void parent_failed(struct tunnel *t, int status, const char *error, const char *details,
+                          const char *reason);
+static void parent_send(struct tunnel *t);
+static void connected(struct tunnel *t);
 static bool relay_sockets_ok(struct tunnel *t);
 static void proxy_header_failed(struct tunnel *t, const char *why, const char *reason);
+
+char tunnel_via_name[40] = "connectd";
+
+void tunnel_set_via_name(const char *id) {
+    snprintf(tunnel_via_name, sizeof tunnel_via_name, "connectd-%s", id);
+}
 
 static void handshake_free(struct handshake *hs) {
     if (!hs)
         return;
     if (hs->req != hs->inline_req)
         free(hs->req);
+    free(hs->pbuf);
     free(hs->reply);
     free(hs);
 }
@@ -197,6 +221,7 @@ static void refuse_with(struct tunnel *t, int status, const char *proxy_error, c
         hs->authw = NULL;
     }
     dial_abort(t);
+    ev_io_stop(loop, &t->upstream.rw); /* a parent's answer being read */
     ev_io_stop(loop, &t->client.rw);
     hs->reason = reason;
     if (!hs->reply)
@@ -274,6 +299,11 @@ static void dns_done(void *arg, enum dns_status status, const struct dns_answer 
     struct handshake *hs = t->hs;
     hs->dnsq = NULL;
     stats_observe(HIST_DNS, ev_now(t->srv->loop) - hs->dns_started);
+    if (hs->via != VIA_DIRECT && status != DNS_OK) { /* the parent's own name */
+        parent_failed(t, status == DNS_TIMEOUT ? 504 : 502,
+                      status == DNS_TIMEOUT ? "dns_timeout" : "dns_error", detail, "parent_error");
+        return;
+    }
     if (status == DNS_TIMEOUT) {
         refuse(t, 504, "dns_timeout", NULL, detail, "dns_timeout");
         return;
@@ -341,10 +371,26 @@ static void policy_step(struct tunnel *t) {
         t->rule = "allow_hosts";
         break;
     }
+    (void)is_ip;
+    if (hs->rule && hs->rule->has_via) {
+        hs->route = hs->rule->via_idx;
+        hs->nroute = hs->rule->nvia;
+    } else {
+        hs->route = cfg->via;
+        hs->nroute = cfg->nvia;
+    }
+    hs->route_pos = 0;
+    route_next(t);
+}
+
+/* Look name up (the destination's, or a parent's) and dial what it resolves to; an IP literal
+ * is dialed at once. */
+static void resolve_and_dial(struct tunnel *t, const char *name, uint16_t port, bool is_ip) {
+    struct handshake *hs = t->hs;
     if (is_ip) {
         struct sockaddr_storage ss;
         hs->ans.n = 0;
-        if (addr_parse_ip(req->host, req->port, &ss, &hs->ans.len[0]) == -1) {
+        if (addr_parse_ip(name, port, &ss, &hs->ans.len[0]) == -1) {
             refuse(t, 400, "http_request_error", NULL, "bad IP address", "bad_request");
             return;
         }
@@ -354,11 +400,190 @@ static void policy_step(struct tunnel *t) {
         return;
     }
     t->state = TUNNEL_RESOLVING;
-    arm_timer(t, cfg->timeout_dns);
+    arm_timer(t, t->gen->cfg.timeout_dns);
     hs->dns_started = ev_now(t->srv->loop);
-    hs->dnsq = dns_lookup(t->gen->dns, req->host, req->port, dns_done, t);
+    hs->dnsq = dns_lookup(t->gen->dns, name, port, dns_done, t);
     if (!hs->dnsq)
         refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
+}
+
+/* ---- parents ---- */
+
+/* A parent that failed is skipped until its back-off is over (passive health); the last
+ * choice of a route is tried whatever its state, rather than refusing outright. */
+static bool parent_usable(const struct tunnel *t, int idx, bool last) {
+    return last || t->gen->parent_down[idx] <= ev_now(t->srv->loop);
+}
+
+/* The next choice of the route: direct, or a parent. With none left, the last parent failure
+ * is the answer. */
+static void route_next(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    const struct http_request *req = &hs->parser.req;
+    while (hs->route_pos < hs->nroute) {
+        int v = hs->route[hs->route_pos++];
+        hs->via = v;
+        if (v == VIA_DIRECT) {
+            t->parent = NULL;
+            resolve_and_dial(t, req->host, req->port, req->host_kind != HTTP_HOST_NAME);
+            return;
+        }
+        if (!parent_usable(t, v, hs->route_pos == hs->nroute))
+            continue;
+        const struct parent *pa = &t->gen->cfg.parents[v];
+        t->parent = pa;
+        /* connectd does not resolve what a parent will: what needs the destination's address
+         * (CIDR rules or allow_hosts entries) cannot let a name through a parent. */
+        if (req->host_kind == HTTP_HOST_NAME && !hs->rule &&
+            (hs->rules_pending || !hs->name_allowed)) {
+            refuse(t, 403, "http_request_denied", NULL,
+                   "destination cannot be judged without resolving it", "denied_host");
+            return;
+        }
+        struct sockaddr_storage ss;
+        resolve_and_dial(t, pa->host, pa->port, policy_target_ip(pa->host, &ss));
+        return;
+    }
+    refuse(t, hs->pfail_status, hs->pfail_error, hs->pfail_params, hs->pfail_details,
+           hs->pfail_reason);
+}
+
+/* The current parent did not work out (its name, a connection, its answer): mark it down, say
+ * so, and try the next choice. */
+static void parent_failed(struct tunnel *t, int status, const char *error, const char *details,
+                          const char *reason) {
+    struct handshake *hs = t->hs;
+    const struct parent *pa = t->parent;
+    ev_tstamp now = ev_now(t->srv->loop);
+    dial_abort(t);
+    ev_io_stop(t->srv->loop, &t->upstream.rw);
+    if (t->gen->parent_down[hs->via] <= now)
+        log_warn("parent %s: %s; skipped for %.0fs", pa->name, details, pa->backoff);
+    t->gen->parent_down[hs->via] = now + pa->backoff;
+    hs->pfail_status = status;
+    hs->pfail_error = error;
+    hs->pfail_reason = reason;
+    snprintf(hs->pfail_params, sizeof hs->pfail_params, "next-hop=\"%s\"", pa->name);
+    snprintf(hs->pfail_details, sizeof hs->pfail_details, "parent %s: %s", pa->name, details);
+    free(hs->pbuf);
+    hs->pbuf = NULL;
+    hs->plen = hs->psent = 0;
+    hs->dial_started = 0;
+    hs->dial_errno = 0;
+    route_next(t);
+}
+
+/* The parent answered with a status other than 2xx: a decision about this destination, not a
+ * sign of ill health. The client gets 502 (504 when the parent timed out), and Proxy-Status
+ * names the parent and what it said (RFC 9209 next-hop, received-status). */
+static void parent_refused(struct tunnel *t, int got) {
+    char params[128], details[128];
+    const struct parent *pa = t->parent;
+    const char *error = got == 407   ? "proxy_configuration_error"
+                        : got == 504 ? "connection_timeout"
+                                     : "destination_unavailable";
+    snprintf(params, sizeof params, "next-hop=\"%s\"; received-status=%d", pa->name, got);
+    snprintf(details, sizeof details, "parent %s answered %d", pa->name, got);
+    ev_io_stop(t->srv->loop, &t->upstream.rw);
+    refuse(t, got == 504 ? 504 : 502, error, params, details, "parent_refused");
+}
+
+static void parent_answer(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    int status = 0;
+    size_t head = 0;
+    const char *why = NULL;
+    switch (http_parse_response(hs->pbuf, hs->plen, PARENT_ANSWER_MAX, &status, &head, &why)) {
+    case HTTP_PARSE_MORE:
+        return;
+    case HTTP_PARSE_ERROR:
+        parent_failed(t, 502, "http_protocol_error", why, "parent_error");
+        return;
+    case HTTP_PARSE_DONE:
+        break;
+    }
+    if (status < 200 || status > 299) {
+        parent_refused(t, status);
+        return;
+    }
+    /* Tunnel: bytes after the parent's answer are already the destination's. */
+    ev_io_stop(t->srv->loop, &t->upstream.rw);
+    hs->psent = head; /* connected() passes pbuf[head..plen) on after our own 200 */
+    hs->parent_ok = true;
+    connected(t);
+}
+
+static void parent_read_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)loop;
+    (void)revents;
+    struct tunnel *t = container_of(w, struct tunnel, upstream.rw);
+    struct handshake *hs = t->hs;
+    ssize_t n = recv(t->upstream.fd, hs->pbuf + hs->plen, PARENT_ANSWER_MAX - hs->plen, 0);
+    if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n <= 0) {
+        parent_failed(t, 502, "http_response_incomplete",
+                      n == 0 ? "closed without an answer" : strerror(errno), "parent_error");
+        return;
+    }
+    hs->plen += (size_t)n;
+    parent_answer(t);
+}
+
+static void parent_write_cb(struct ev_loop *loop, ev_io *w, int revents) {
+    (void)revents;
+    struct tunnel *t = container_of(w, struct tunnel, upstream.ww);
+    struct handshake *hs = t->hs;
+    while (hs->psent < hs->plen) {
+        ssize_t n = send(t->upstream.fd, hs->pbuf + hs->psent, hs->plen - hs->psent, MSG_NOSIGNAL);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            ev_io_start(loop, w);
+            return;
+        }
+        if (n == -1) {
+            parent_failed(t, 502, "connection_terminated", strerror(errno), "parent_error");
+            return;
+        }
+        hs->psent += (size_t)n;
+    }
+    /* Sent: the same buffer now collects the answer. */
+    ev_io_stop(loop, w);
+    hs->plen = hs->psent = 0;
+    ev_io_set(&t->upstream.rw, t->upstream.fd, EV_READ);
+    ev_set_cb(&t->upstream.rw, parent_read_cb);
+    ev_io_start(loop, &t->upstream.rw);
+}
+
+/* Connected to the parent: our own CONNECT, with the parent's credentials (never the
+ * client's), and Via with ours appended to the client's, so that a loop of proxies is seen. */
+static void parent_send(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    const struct parent *pa = t->parent;
+    const struct http_request *req = &hs->parser.req;
+    char via[512];
+    http_header_values(hs->req, req->header_len, "via", via, sizeof via);
+    hs->pbuf = malloc(PARENT_ANSWER_MAX);
+    if (!hs->pbuf) {
+        refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
+        return;
+    }
+    int n = snprintf(hs->pbuf, PARENT_ANSWER_MAX,
+                     "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s%s%sVia: %s%s1.1 %s\r\n\r\n", t->target,
+                     t->target, pa->authorization ? "Proxy-Authorization: " : "",
+                     pa->authorization ? pa->authorization : "", pa->authorization ? "\r\n" : "",
+                     via, via[0] ? ", " : "", tunnel_via_name);
+    if (n < 0 || n >= PARENT_ANSWER_MAX) {
+        refuse(t, 500, "proxy_internal_error", NULL, "request too long", "out_of_memory");
+        return;
+    }
+    hs->plen = (size_t)n;
+    hs->psent = 0;
+    t->state = TUNNEL_PARENT;
+    arm_timer(t, pa->connect_timeout);
+    ev_set_cb(&t->upstream.ww, parent_write_cb);
+    parent_write_cb(t->srv->loop, &t->upstream.ww, EV_WRITE);
 }
 
 static void auth_step(struct tunnel *t);
@@ -434,9 +659,19 @@ static void auth_step(struct tunnel *t) {
 }
 
 static void request_complete(struct tunnel *t) {
+    struct handshake *hs = t->hs;
     ev_set_cb(&t->client.rw, client_watch_cb); /* still active: now only watches for a hang-up */
-    if (set_target(t, &t->hs->parser.req) == -1) {
+    if (set_target(t, &hs->parser.req) == -1) {
         refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
+        return;
+    }
+    /* A request that already came through this proxy (proxies chained in a circle). */
+    char via[512];
+    if (http_header_values(hs->req, hs->parser.req.header_len, "via", via, sizeof via) &&
+        strstr(via, tunnel_via_name)) {
+        t->rule = "loop";
+        refuse(t, 502, "proxy_loop_detected", NULL, "request already passed this proxy (Via)",
+               "proxy_loop");
         return;
     }
     auth_step(t);
@@ -610,6 +845,11 @@ static void client_watch_cb(struct ev_loop *loop, ev_io *w, int revents) {
 
 static void connected(struct tunnel *t) {
     struct handshake *hs = t->hs;
+    if (hs->via != VIA_DIRECT && !hs->parent_ok) {
+        ev_io_stop(t->srv->loop, &t->upstream.ww);
+        parent_send(t); /* connected to the parent: now ask it for the destination */
+        return;
+    }
     ev_io_stop(t->srv->loop, &t->upstream.ww);
     ev_io_stop(t->srv->loop, &t->client.rw);
     ev_timer_stop(t->srv->loop, &t->timer);
@@ -620,8 +860,18 @@ static void connected(struct tunnel *t) {
     t->established = now;
     stats_observe(HIST_DIAL, now - hs->dial_started);
     size_t early = hs->reqlen - hs->parser.req.header_len;
-    if (relay_start(t, HTTP_CONNECT_OK, HTTP_CONNECT_OK_LEN, hs->req + hs->parser.req.header_len,
-                    early) == -1) {
+    const char *reply = HTTP_CONNECT_OK;
+    size_t replylen = HTTP_CONNECT_OK_LEN;
+    if (hs->parent_ok && hs->plen > hs->psent) {
+        /* The destination spoke first, and its bytes came with the parent's answer: they
+         * follow our own 200 (both fit one relay buffer: PARENT_ANSWER_MAX is smaller). */
+        size_t extra = hs->plen - hs->psent;
+        memmove(hs->pbuf + HTTP_CONNECT_OK_LEN, hs->pbuf + hs->psent, extra);
+        memcpy(hs->pbuf, HTTP_CONNECT_OK, HTTP_CONNECT_OK_LEN);
+        reply = hs->pbuf;
+        replylen = HTTP_CONNECT_OK_LEN + extra;
+    }
+    if (relay_start(t, reply, replylen, hs->req + hs->parser.req.header_len, early) == -1) {
         t->status = 0;
         tunnel_close(t, "out_of_memory");
         return;
@@ -754,7 +1004,7 @@ static void interleave(struct dns_answer *ans) {
 /* The addresses are known: dial them within [timeouts] connect, all attempts together. */
 static void dial_begin(struct tunnel *t) {
     struct handshake *hs = t->hs;
-    ev_tstamp budget = t->gen->cfg.timeout_connect;
+    ev_tstamp budget = t->parent ? t->parent->connect_timeout : t->gen->cfg.timeout_connect;
     interleave(&hs->ans);
     hs->next_addr = 0;
     hs->connect_deadline = ev_now(t->srv->loop) + budget;
@@ -770,6 +1020,18 @@ static void dial_begin(struct tunnel *t) {
 
 static void dial_failed(struct tunnel *t) {
     struct handshake *hs = t->hs;
+    if (hs->via != VIA_DIRECT) {
+        int e = hs->dial_errno;
+        if (e == 0 && hs->loop_hit)
+            parent_failed(t, 502, "proxy_loop_detected", "its address is this proxy", "proxy_loop");
+        else if (e == ETIMEDOUT || e == 0)
+            parent_failed(t, 504, "connection_timeout", "connect timed out", "parent_error");
+        else if (e == ECONNREFUSED)
+            parent_failed(t, 502, "connection_refused", "connection refused", "parent_error");
+        else
+            parent_failed(t, 502, "destination_unavailable", strerror(e), "parent_error");
+        return;
+    }
     switch (hs->dial_errno) {
     case 0:
         break;
@@ -817,6 +1079,8 @@ static enum verdict addr_verdict(struct tunnel *t, const struct sockaddr *sa, co
         t->rule = "loop";
         return VERDICT_LOOP;
     }
+    if (hs->via != VIA_DIRECT)
+        return VERDICT_ALLOW; /* a parent's address: the operator chose it */
     if (!r && hs->rules_pending) {
         struct rule_query q;
         size_t idx;
@@ -950,6 +1214,9 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         return;
     case TUNNEL_RESOLVING:
         refuse(t, 504, "dns_timeout", NULL, "name resolution timed out", "dns_timeout");
+        return;
+    case TUNNEL_PARENT:
+        parent_failed(t, 504, "http_response_timeout", "no answer in time", "parent_error");
         return;
     case TUNNEL_CONNECTING:
         dial_abort(t); /* the whole connect budget is spent */
@@ -1176,6 +1443,7 @@ void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer, bool
     t->hs = hs;
     t->ce = ce;
     hs->req = hs->inline_req;
+    hs->via = VIA_DIRECT;
     hs->reqalloc = REQ_INITIAL;
     hs->reqmax = cfg->max_request_bytes + 1;
     struct http_limits lim = {.max_total = cfg->max_request_bytes};
@@ -1237,16 +1505,19 @@ static void access_line(struct tunnel *t, const char *reason) {
         log_escape(user, sizeof user, t->user, strlen(t->user));
     if (t->rule)
         log_escape(rule, sizeof rule, t->rule, strlen(t->rule));
-    char line[1800], lb[ADDR_TEXT_MAX + 10] = "";
+    char line[1900], lb[ADDR_TEXT_MAX + 10] = "", parent[48] = "";
     if (t->balancer.sa.sa_family != 0) {
         memcpy(lb, " balancer=", 10);
         addr_format(&t->balancer.sa, true, lb + 10, sizeof lb - 10);
     }
+    if (t->parent)
+        snprintf(parent, sizeof parent, " parent=%s", t->parent->name);
     int n = snprintf(line, sizeof line,
                      "client=%s user=%s target=%s upstream=%s status=%d up=%llu down=%llu "
-                     "duration=%.3f reason=%s rule=%s%s",
+                     "duration=%.3f reason=%s rule=%s%s%s",
                      client, user, target, up, status, (unsigned long long)t->upstream.sent,
-                     (unsigned long long)down, ev_now(t->srv->loop) - t->started, reason, rule, lb);
+                     (unsigned long long)down, ev_now(t->srv->loop) - t->started, reason, rule, lb,
+                     parent);
     if (n > 0)
         log_access(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
 }
@@ -1337,7 +1608,7 @@ void tunnel_refuse_handshakes(struct server *srv) {
         next = t->next;
         if (t->state == TUNNEL_READ_REQUEST || t->state == TUNNEL_READ_PROXY ||
             t->state == TUNNEL_AUTHENTICATING || t->state == TUNNEL_RESOLVING ||
-            t->state == TUNNEL_CONNECTING)
+            t->state == TUNNEL_CONNECTING || t->state == TUNNEL_PARENT)
             refuse(t, 503, "proxy_internal_response", NULL, "proxy is shutting down", "shutdown");
     }
 }

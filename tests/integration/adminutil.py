@@ -40,11 +40,13 @@ class AdminReply:
         return self.resp.header(name)
 
     def __repr__(self):
-        return f"<AdminReply {self.resp.status_line!r} {self.resp.headers} body={self.body[:200]!r} {self.how}>"
+        return (f"<AdminReply {self.resp.status_line!r} {self.resp.headers} "
+                f"body={self.body[:200]!r} {self.how}>")
 
 
 def _recv_until(sock, buf, deadline, pred):
-    """recv into buf (a bytearray) until pred(buf) or EOF/RST/deadline; returns eof/reset/timeout/ok."""
+    """recv into buf (a bytearray) until pred(buf), EOF, RST or the deadline; returns ok, eof,
+    reset or timeout."""
     while not pred(buf):
         left = deadline - time.monotonic()
         if left <= 0:
@@ -71,7 +73,8 @@ def read_reply(sock, timeout=5.0, head_only=False, t0=None):
     buf = bytearray()
     how = _recv_until(sock, buf, deadline, lambda b: b"\r\n\r\n" in b)
     if b"\r\n\r\n" not in buf:
-        raise AssertionError(f"no complete response head within {timeout}s ({how}); got {bytes(buf)!r}")
+        raise AssertionError(
+            f"no complete response head within {timeout}s ({how}); got {bytes(buf)!r}")
     i = buf.index(b"\r\n\r\n") + 4
     resp = Response(bytes(buf[:i]), bytes(buf[i:]))
     body = bytearray(buf[i:])
@@ -132,7 +135,8 @@ def check_refusal(r, status, error):
     member, params, _ = parse_proxy_status(ps)
     assert member == "connectd", f"Proxy-Status member {member!r}: {ps!r}"
     errors = error if isinstance(error, tuple) else (error,)
-    assert params.get("error") in errors, f"Proxy-Status error {params.get('error')!r}, want {error!r}"
+    assert params.get("error") in errors, (
+        f"Proxy-Status error {params.get('error')!r}, want {error!r}")
     assert r.header("Content-Type") is not None, f"no Content-Type: {r!r}"
     cl = r.header("Content-Length")
     assert cl is not None and int(cl) == len(r.body), f"Content-Length {cl!r}, body {r.body!r}"

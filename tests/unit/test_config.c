@@ -718,7 +718,8 @@ static void test_file_errors(void **state) {
     memset(&c, 0xa5, sizeof c);
     assert_int_equal(config_load_file("tests/unit/data/bad_section.ini", &c, err, sizeof err), -1);
     assert_string_equal(err, "tests/unit/data/bad_section.ini:7: [acess]: unknown section "
-                             "(known: [server] [access] [dns] [timeouts] [limits] [log] [auth])");
+                             "(known: [server] [access] [dns] [timeouts] [limits] [log] [auth] "
+                             "[admin] [parent NAME])");
     assert_true(all_zero(&c, sizeof c));
 
     /* A NUL byte cannot be represented by the string API, so only a file can have it. */
