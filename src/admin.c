@@ -385,7 +385,8 @@ static void ask_next_peer(struct admin_conn *c) {
         if (fd == -1)
             break;
         char req[32];
-        int rl = snprintf(req, sizeof req, "limit %lu\n", c->limit - c->listed);
+        /* One more than fits: if it comes, the list was cut (truncated). */
+        int rl = snprintf(req, sizeof req, "limit %lu\n", c->limit - c->listed + 1);
         /* A local stream socket connects at once (or fails: the worker is gone or starting);
          * the request fits any socket buffer. */
         if (connect(fd, (struct sockaddr *)&sun, len) == -1 ||
@@ -449,9 +450,9 @@ static void respond(struct admin_conn *c, int status, const char *head, const ch
 /* A refusal in the proxy's own style: status, Proxy-Status, a one-line text body. */
 static void refuse(struct admin_conn *c, int status, const char *details, const char *extra) {
     char reply[1024];
-    const char *error = status == 401 || status == 403 ? "http_request_denied"
-                        : status == 503                ? "proxy_internal_response"
-                                                       : "http_request_error";
+    const char *error = status == 401 || status == 403 || status == 405 ? "http_request_denied"
+                        : status == 503                                 ? "proxy_internal_response"
+                                                                        : "http_request_error";
     size_t n = http_build_error(reply, sizeof reply, status, error, NULL, details, extra);
     if (n == 0) {
         admin_close(c);
@@ -540,7 +541,9 @@ static void dispatch(struct admin_conn *c, const struct admin_request *r) {
         refuse(c, 405, "only GET and HEAD", "Allow: GET, HEAD\r\n");
         return;
     }
-    if (cfg->admin.token && !admin_http_token_ok(r, c->req, cfg->admin.token)) {
+    /* /healthz tells only "serving or not": load balancers may ask without the token. */
+    bool healthz = strcmp(r->path, "/healthz") == 0;
+    if (cfg->admin.token && !healthz && !admin_http_token_ok(r, c->req, cfg->admin.token)) {
         char client[ADDR_TEXT_MAX];
         addr_format(&c->peer.sa, true, client, sizeof client);
         log_warn("admin: %s token from %s", r->has_auth ? "wrong" : "no", client);
@@ -659,20 +662,32 @@ static bool evict_slowest(struct server *srv) {
     return true;
 }
 
-/* Refuse without allocating anything: at the cap, a flood must not cost memory. */
-static void refuse_now(int fd, int status, const char *details) {
-    char reply[512];
-    size_t n = http_build_error(reply, sizeof reply, status, "proxy_internal_response", NULL,
-                                details, NULL);
+/* Refuse without allocating anything or holding a slot: neither a flood at the cap nor clients
+ * outside allow_clients can keep allowed ones out. What the client sent already is read first,
+ * so that the close does not turn into a reset that destroys the answer. */
+static void refuse_now(int fd, int status, const char *error, const char *details) {
+    char reply[512], sink[4096];
+    size_t n = http_build_error(reply, sizeof reply, status, error, NULL, details, NULL);
     stats_admin_request(status);
+    for (int i = 0; i < 4 && recv(fd, sink, sizeof sink, MSG_DONTWAIT) > 0; i++)
+        ;
     if (n)
         (void)send(fd, reply, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    (void)shutdown(fd, SHUT_WR);
     close(fd);
 }
 
 void admin_accept(struct server *srv, int fd, const struct sockaddr *peer) {
     if (srv->nadmins >= ADMIN_MAX_CONNS && !evict_slowest(srv)) {
-        refuse_now(fd, 503, "too many admin connections");
+        refuse_now(fd, 503, "proxy_internal_response", "too many admin connections");
+        return;
+    }
+    const struct config *cfg = &srv->gen->cfg;
+    if (!policy_cidrs_contain(&cfg->admin.allow_clients, peer)) {
+        char client[ADDR_TEXT_MAX];
+        addr_format(peer, true, client, sizeof client);
+        log_warn("admin: refused %s (not in [admin] allow_clients)", client);
+        refuse_now(fd, 403, "http_request_denied", "client not allowed");
         return;
     }
     struct admin_conn *c = conn_new(srv, fd, false);
@@ -682,14 +697,6 @@ void admin_accept(struct server *srv, int fd, const struct sockaddr *peer) {
         return;
     }
     memcpy(&c->peer, peer, peer->sa_family == AF_INET6 ? sizeof c->peer.sin6 : sizeof c->peer.sin);
-    const struct config *cfg = &srv->gen->cfg;
-    if (!policy_cidrs_contain(&cfg->admin.allow_clients, peer)) {
-        char client[ADDR_TEXT_MAX];
-        addr_format(peer, true, client, sizeof client);
-        log_warn("admin: refused %s (not in [admin] allow_clients)", client);
-        refuse(c, 403, "client not allowed", NULL);
-        return;
-    }
     ev_io_start(srv->loop, &c->rw);
     read_cb(srv->loop, &c->rw, EV_READ); /* the request usually came with the handshake */
 }
@@ -725,6 +732,17 @@ static void internal_read_cb(struct ev_loop *loop, ev_io *w, int revents) {
     start_list(c, limit);
 }
 
+/* Only another worker of this daemon may ask: its pid is in a stats slot. */
+static bool is_worker_pid(pid_t pid) {
+    for (uint32_t i = 0; stats_shm && i < stats_shm->nslots; i++) {
+        const struct stats_slot *sl = &stats_shm->slots[i];
+        if (__atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) != SLOT_FREE &&
+            __atomic_load_n(&sl->pid, __ATOMIC_RELAXED) == (int32_t)pid)
+            return true;
+    }
+    return false;
+}
+
 static void peer_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
     (void)loop;
     (void)revents;
@@ -738,7 +756,7 @@ static void peer_accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
         socklen_t len = sizeof cred;
         struct admin_conn *c = NULL;
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1 || cred.uid != geteuid() ||
-            !(c = conn_new(srv, fd, true))) {
+            !is_worker_pid(cred.pid) || !(c = conn_new(srv, fd, true))) {
             close(fd);
             continue;
         }

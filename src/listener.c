@@ -280,6 +280,8 @@ int listeners_update(struct server *srv, const struct config *cfg, bool reusepor
     for (size_t i = 0; i < srv->nlisteners; i++) {
         struct listener *l = srv->listeners[i];
         bool kept = false;
+        if (!l)
+            continue; /* closed already (a drain) */
         for (size_t j = 0; j < cfg->nlisten; j++)
             kept |= next[j] == l;
         if (!kept) {

@@ -215,7 +215,8 @@ static void reload(struct server *srv) {
         log_error("reload: %s; still serving the previous configuration", err);
         goto done;
     }
-    bool relisten = !listeners_match(srv, &nc);
+    /* Draining, the proxy listeners are closed on purpose: a reload must not open them again. */
+    bool relisten = !srv->draining && !listeners_match(srv, &nc);
     if (relisten && !srv->own_listeners) {
         log_warn("reload: [server] listen changed, but the listening sockets are %s; "
                  "keeping them",
