@@ -423,6 +423,8 @@ static void route_next(struct tunnel *t) {
     while (hs->route_pos < hs->nroute) {
         int v = hs->route[hs->route_pos++];
         hs->via = v;
+        hs->loop_hit = hs->denied_host = false; /* what the previous choice's dial found */
+        hs->deny_class = NULL;
         if (v == VIA_DIRECT) {
             t->parent = NULL;
             resolve_and_dial(t, req->host, req->port, req->host_kind != HTTP_HOST_NAME);
