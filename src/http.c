@@ -832,9 +832,15 @@ enum http_parse_result http_parse_response(const char *buf, size_t len, size_t m
 size_t http_header_values(const char *buf, size_t header_len, const char *name, char *out,
                           size_t outlen) {
     size_t nl = strlen(name), o = 0, pos = 0;
+    char lower[64];
 
     if (outlen == 0)
         return 0;
+    out[0] = '\0';
+    if (nl >= sizeof lower)
+        return 0;
+    for (size_t i = 0; i <= nl; i++)
+        lower[i] = (char)to_lower((unsigned char)name[i]);
     out[0] = '\0';
     /* Skip the request line; then each "name: value" line. */
     while (pos < header_len && buf[pos] != '\n')
@@ -844,7 +850,7 @@ size_t http_header_values(const char *buf, size_t header_len, const char *name, 
         while (eol < header_len && buf[eol] != '\n')
             eol++;
         if (eol - pos > nl && buf[pos + nl] == ':' &&
-            name_is((const unsigned char *)buf + pos, nl, name)) {
+            name_is((const unsigned char *)buf + pos, nl, lower)) {
             size_t v = pos + nl + 1, e = eol;
             while (v < e && (buf[v] == ' ' || buf[v] == '\t'))
                 v++;

@@ -53,6 +53,33 @@ static void expect_error(const char *text, const char *const *needles, size_t n)
         expect_error((text), needles_, N(needles_));                                               \
     } while (0)
 
+/* Load text (as the file name) that must fail with exactly the message want; *c must be
+ * zeroed. */
+static void expect_exact(const char *text, const char *name, const char *want) {
+    struct config c;
+    char err[CONFIG_ERR_MAX] = "";
+
+    memset(&c, 0xa5, sizeof c);
+    if (config_load_string(text, name, &c, err, sizeof err) == 0) {
+        config_free(&c);
+        fail_msg("accepted:\n%s", text);
+    }
+    if (strcmp(err, want) != 0)
+        fail_msg("expected message\n  '%s'\ngot\n  '%s'\nfor:\n%s", want, err, text);
+    if (!all_zero(&c, sizeof c))
+        fail_msg("config not zeroed after error for:\n%s", text);
+}
+
+#define EXPECT_EXACT(text, want) expect_exact((text), "t.ini", (want))
+
+/* Load text that must succeed; fails the test with the message otherwise. */
+static void load_ok(const char *text, const char *name, struct config *c) {
+    char err[CONFIG_ERR_MAX] = "";
+
+    if (config_load_string(text, name, c, err, sizeof err) != 0)
+        fail_msg("rejected: %s\nfor:\n%s", err, text);
+}
+
 static void check_defaults(const struct config *c) {
     char text[ADDR_TEXT_MAX];
 
@@ -537,11 +564,19 @@ static void test_linked_rule_users(void **state) {
     assert_int_equal(rmdir(dir), 0);
 }
 
-/* "ADDRESS proxy-protocol" in [server] listen, and who may send the header. */
+/* "ADDRESS proxy-protocol" in [server] listen, and who may send the header. Every message with
+ * its exact text. */
 static void test_listen_options(void **state) {
     struct config c;
-    char err[CONFIG_ERR_MAX] = "";
+    char err[CONFIG_ERR_MAX] = "", text[ADDR_TEXT_MAX];
     (void)state;
+
+    /* Off by default, for every address; nobody may send a PROXY header. */
+    load_ok("[server]\nlisten = 127.0.0.1:3128, [::1]:3128\n", "t.ini", &c);
+    assert_false(c.listen[0].proxy_protocol);
+    assert_false(c.listen[1].proxy_protocol);
+    assert_int_equal(c.proxy_protocol_from.n, 0);
+    config_free(&c);
 
     assert_int_equal(config_load_string("[server]\nlisten = 0.0.0.0:3128 proxy-protocol, "
                                         "127.0.0.1:3128\nproxy_protocol_from = 10.0.0.0/24\n",
@@ -552,18 +587,56 @@ static void test_listen_options(void **state) {
     assert_false(c.listen[1].proxy_protocol);
     assert_int_equal(c.proxy_protocol_from.n, 1);
     config_free(&c);
-    EXPECT_ERROR("[server]\nlisten = 0.0.0.0:3128 proxy-protocol\n",
+
+    /* Spaces or tabs between the address and its option, IPv6, the key before listen. */
+    load_ok("[server]\nproxy_protocol_from = ::1, 10.0.0.0/8\n"
+            "listen = [::1]:3128\tproxy-protocol, 127.0.0.1:1   proxy-protocol ,127.0.0.1:2\n",
+            "t.ini", &c);
+    assert_int_equal(c.nlisten, 3);
+    listen_text(&c, 0, text);
+    assert_string_equal(text, "[::1]:3128");
+    assert_true(c.listen[0].proxy_protocol);
+    listen_text(&c, 1, text);
+    assert_string_equal(text, "127.0.0.1:1");
+    assert_true(c.listen[1].proxy_protocol);
+    assert_false(c.listen[2].proxy_protocol);
+    assert_int_equal(c.proxy_protocol_from.n, 2);
+    config_free(&c);
+
+    EXPECT_EXACT("[server]\nlisten = 0.0.0.0:3128 proxy-protocol\n",
                  "t.ini:2: [server] listen: 0.0.0.0:3128 proxy-protocol: set [server] "
-                 "proxy_protocol_from");
-    EXPECT_ERROR("[server]\nlisten = 0.0.0.0:3128 proxy-protocol proxy-protocol\n"
+                 "proxy_protocol_from to the load balancers' addresses");
+    /* An empty proxy_protocol_from is nobody. */
+    EXPECT_EXACT("[server]\nproxy_protocol_from =\n\nlisten = [::1]:1 proxy-protocol\n",
+                 "t.ini:4: [server] listen: [::1]:1 proxy-protocol: set [server] "
+                 "proxy_protocol_from to the load balancers' addresses");
+    EXPECT_EXACT("[server]\nlisten = 0.0.0.0:3128 proxy-protocol proxy-protocol\n"
                  "proxy_protocol_from = 10.0.0.1\n",
-                 "t.ini:2: [server] listen: 'proxy-protocol' is given twice");
-    EXPECT_ERROR("[server]\nlisten = 0.0.0.0:3128 tcp\n",
-                 "t.ini:2: [server] listen: unknown option 'tcp' (known: proxy-protocol)");
-    EXPECT_ERROR("[admin]\nlisten = 127.0.0.1:9128 proxy-protocol\n",
-                 "t.ini:2: [admin] listen: 'proxy-protocol': an [admin] address takes no options");
-    EXPECT_ERROR("[server]\nproxy_protocol_from = 10.0.0.0/99\n",
-                 "t.ini:2: [server] proxy_protocol_from");
+                 "t.ini:2: [server] listen: 'proxy-protocol' is given twice (got '0.0.0.0:3128 "
+                 "proxy-protocol proxy-protocol')");
+    EXPECT_EXACT("[server]\nlisten = 0.0.0.0:3128 tcp\n",
+                 "t.ini:2: [server] listen: unknown option 'tcp' (known: proxy-protocol) (got "
+                 "'0.0.0.0:3128 tcp')");
+    EXPECT_EXACT("[server]\nlisten = 0.0.0.0:3128 Proxy-Protocol\n",
+                 "t.ini:2: [server] listen: unknown option 'Proxy-Protocol' (known: "
+                 "proxy-protocol) (got '0.0.0.0:3128 Proxy-Protocol')");
+    EXPECT_EXACT("[server]\nlisten = 127.0.0.1:1 proxy-protocol 127.0.0.1:2\n",
+                 "t.ini:2: [server] listen: '127.0.0.1:2' after an address: separate items with "
+                 "commas (got '127.0.0.1:1 proxy-protocol 127.0.0.1:2')");
+    EXPECT_EXACT("[server]\nlisten = 127.0.0.1:1 proxy-protocol, 127.0.0.1:1\n",
+                 "t.ini:2: [server] listen: '127.0.0.1:1' is listed twice (got '127.0.0.1:1 "
+                 "proxy-protocol, 127.0.0.1:1')");
+    EXPECT_EXACT("[admin]\nlisten = 127.0.0.1:9128 proxy-protocol\n",
+                 "t.ini:2: [admin] listen: 'proxy-protocol': an [admin] address takes no options "
+                 "(got '127.0.0.1:9128 proxy-protocol')");
+    EXPECT_EXACT("[server]\nproxy_protocol_from = 10.0.0.0/99\n",
+                 "t.ini:2: [server] proxy_protocol_from: bad address '10.0.0.0/99': prefix length "
+                 "/99 is out of range (0-32) (got '10.0.0.0/99')");
+    EXPECT_EXACT("[server]\nproxy_protocol_from = lb.example\n",
+                 "t.ini:2: [server] proxy_protocol_from: bad address 'lb.example': 'lb.example' is "
+                 "not an IP address (got 'lb.example')");
+    EXPECT_EXACT("[server]\nproxy_protocol_from = 10.0.0.1\nproxy_protocol_from = 10.0.0.2\n",
+                 "t.ini:3: [server] proxy_protocol_from: duplicate key (already set on line 2)");
 }
 
 /* [admin]: its addresses join listen marked admin; token file rules; [timeouts] grace. */
@@ -640,6 +713,353 @@ static void test_admin(void **state) {
     remove_file(dir, "short");
     remove_file(dir, "spaced");
     assert_int_equal(rmdir(dir), 0);
+}
+
+/* ---- [parent NAME], [access] via, a rule's via ---- */
+
+/* Fixtures (credentials files, policies) are found through the ini's directory. */
+#define DATA_INI "tests/unit/data/t.ini"
+
+/* Three parents with every key form, and [access] via naming them in order. */
+static void test_parents(void **state) {
+    struct config c;
+    (void)state;
+
+    /* None: no parents, and via is direct. */
+    load_ok("", "t.ini", &c);
+    assert_int_equal(c.nparents, 0);
+    assert_null(c.parents);
+    assert_int_equal(c.nvia, 1);
+    assert_int_equal(c.via[0], VIA_DIRECT);
+    assert_null(c.via_text);
+    config_free(&c);
+
+    load_ok("; parents\n"
+            "[parent up1]\n"
+            "address = Proxy1.Example.COM:3128\n"
+            "\n"
+            "[parent Up-2_b]\n"
+            "  address = [2001:db8::1]:8080 ; inline comment\n"
+            "connect_timeout = 2s\n"
+            "backoff = 1m\n"
+            "credentials_file = parent_credentials\n"
+            "[access]\n"
+            "via = up1, Up-2_b ,direct\n"
+            "[parent abcdefghijklmnopqrstuvwxyz012345]\n"
+            "address = 192.0.2.1:1\n"
+            "backoff = 250ms\n"
+            "connect_timeout = 24h\n",
+            DATA_INI, &c);
+    assert_int_equal(c.nparents, 3);
+
+    const struct parent *p = &c.parents[0];
+    assert_string_equal(p->name, "up1");
+    assert_string_equal(p->host, "proxy1.example.com"); /* as the request target: lowercased */
+    assert_int_equal(p->port, 3128);
+    assert_null(p->credentials_file);
+    assert_null(p->authorization);
+    assert_true(p->connect_timeout == 5); /* defaults */
+    assert_true(p->backoff == 30);
+    assert_int_equal(p->line, 2);
+
+    p = &c.parents[1];
+    assert_string_equal(p->name, "Up-2_b");
+    assert_string_equal(p->host, "2001:db8::1"); /* without the brackets */
+    assert_int_equal(p->port, 8080);
+    assert_true(p->connect_timeout == 2);
+    assert_true(p->backoff == 60);
+    assert_string_equal(p->credentials_file, "tests/unit/data/parent_credentials");
+    assert_string_equal(p->authorization, "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="); /* RFC 7617 */
+    assert_int_equal(p->line, 5);
+
+    p = &c.parents[2];
+    assert_int_equal(strlen(p->name), 32); /* the longest name */
+    assert_string_equal(p->host, "192.0.2.1");
+    assert_int_equal(p->port, 1);
+    assert_true(p->backoff == 0.25);
+    assert_true(p->connect_timeout == 86400);
+    assert_int_equal(p->line, 12);
+
+    /* via as written, and resolved to indexes in order. */
+    assert_string_equal(c.via_text, "up1, Up-2_b ,direct");
+    assert_int_equal(c.nvia, 3);
+    assert_int_equal(c.via[0], 0);
+    assert_int_equal(c.via[1], 1);
+    assert_int_equal(c.via[2], VIA_DIRECT);
+    config_free(&c);
+    assert_true(all_zero(&c, sizeof c));
+
+    /* A parent need not be used; via may name a parent defined after [access]; empty items
+     * are skipped; an empty credentials_file is none. */
+    load_ok("[access]\nvia = , b,\n[parent a]\naddress = a.test:1\n[parent b]\n"
+            "address = 10.0.0.1:3128\ncredentials_file =\n",
+            "t.ini", &c);
+    assert_int_equal(c.nparents, 2);
+    assert_null(c.parents[1].credentials_file);
+    assert_null(c.parents[1].authorization);
+    assert_int_equal(c.nvia, 1);
+    assert_int_equal(c.via[0], 1);
+    config_free(&c);
+}
+
+/* The credentials file: its first line "user:password" as a Basic header value. */
+static void test_parents_credentials(void **state) {
+    static const struct {
+        const char *file, *authorization;
+    } good[] = {
+        {"parent_credentials", "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="},
+        /* CR LF ends the line; the password may hold ':'; later lines are not read. */
+        {"parent_credentials_crlf", "Basic YWxpY2U6czNjcmV0OndpdGg6Y29sb25z"},
+        /* An empty password, and no newline at the end. */
+        {"parent_credentials_empty_password", "Basic Ym9iOg=="},
+    };
+    static const char *const bad[] = {
+        "parent_credentials_no_colon",
+        "parent_credentials_no_user",
+        "parent_credentials_empty",
+        "parent_credentials_second_line",
+    };
+    char ini[256], want[CONFIG_ERR_MAX];
+    struct config c;
+    (void)state;
+
+    for (size_t i = 0; i < N(good); i++) {
+        (void)snprintf(ini, sizeof ini,
+                       "[parent p]\naddress = p.test:3128\ncredentials_file = %s\n", good[i].file);
+        load_ok(ini, DATA_INI, &c);
+        assert_string_equal(c.parents[0].authorization, good[i].authorization);
+        config_free(&c);
+    }
+    for (size_t i = 0; i < N(bad); i++) {
+        (void)snprintf(ini, sizeof ini,
+                       "[parent p]\ncredentials_file = %s\naddress = p.test:3128\n", bad[i]);
+        (void)snprintf(want, sizeof want,
+                       DATA_INI ":2: [parent p] credentials_file: tests/unit/data/%s: expected one "
+                                "line 'user:password'",
+                       bad[i]);
+        expect_exact(ini, DATA_INI, want);
+    }
+    /* A relative path is taken from the ini's directory, an absolute one as it is. */
+    expect_exact("[parent p]\naddress = p.test:3128\ncredentials_file = /no/such/file\n", DATA_INI,
+                 DATA_INI ":3: [parent p] credentials_file: /no/such/file: cannot open: No such "
+                          "file or directory");
+    expect_exact("[parent p]\naddress = p.test:3128\n\ncredentials_file = nope\n", DATA_INI,
+                 DATA_INI ":4: [parent p] credentials_file: tests/unit/data/nope: cannot open: No "
+                          "such file or directory");
+
+    /* At most 4096 bytes. */
+    {
+        char dir[] = "/tmp/connectd-test-XXXXXX", big[4100], name[300];
+
+        assert_non_null(mkdtemp(dir));
+        memset(big, 'x', sizeof big - 1);
+        big[0] = 'u';
+        big[1] = ':';
+        big[sizeof big - 1] = '\0';
+        write_file(dir, "big", big);
+        big[4096] = '\0';
+        write_file(dir, "max", big);
+        (void)snprintf(name, sizeof name, "%s/t.ini", dir);
+        load_ok("[parent p]\naddress = p.test:3128\ncredentials_file = max\n", name, &c);
+        assert_int_equal(strlen(c.parents[0].authorization), 6 + 4 * ((4096 + 2) / 3));
+        config_free(&c);
+        (void)snprintf(want, sizeof want,
+                       "%s:3: [parent p] credentials_file: %s/big: larger than 4096 bytes", name,
+                       dir);
+        expect_exact("[parent p]\naddress = p.test:3128\ncredentials_file = big\n", name, want);
+        remove_file(dir, "big");
+        remove_file(dir, "max");
+        assert_int_equal(rmdir(dir), 0);
+    }
+}
+
+/* Every message of a [parent NAME] section, with its exact text. */
+static void test_parents_errors(void **state) {
+    static const struct {
+        const char *text, *want;
+    } cases[] = {
+        /* Names: 1-32 of [A-Za-z0-9_-], not "direct", unique. */
+        {"[parent a.b]\n", "t.ini:1: [parent a.b]: a parent's name is 1-32 letters, digits, '-' "
+                           "or '_', and not 'direct'"},
+        {"[server]\n[parent direct]\naddress = a.test:1\n",
+         "t.ini:2: [parent direct]: a parent's name is 1-32 letters, digits, '-' or '_', and not "
+         "'direct'"},
+        {"[parent a b]\n", "t.ini:1: [parent a b]: a parent's name is 1-32 letters, digits, '-' "
+                           "or '_', and not 'direct'"},
+        {"[parent  a]\n", "t.ini:1: [parent  a]: a parent's name is 1-32 letters, digits, '-' "
+                          "or '_', and not 'direct'"},
+        {"[parent abcdefghijklmnopqrstuvwxyz0123456]\n",
+         "t.ini:1: [parent abcdefghijklmnopqrstuvwxyz0123456]: a parent's name is 1-32 letters, "
+         "digits, '-' or '_', and not 'direct'"},
+        /* A long name is quoted back cut to 40 bytes. */
+        {"[parent aaaaaaaaaabbbbbbbbbbccccccccccddddddddddeeeeeeeeee]\n",
+         "t.ini:1: [parent aaaaaaaaaabbbbbbbbbbccccccccccdddddddddd]: a parent's name is 1-32 "
+         "letters, digits, '-' or '_', and not 'direct'"},
+        {"[parent a]\naddress = a.test:1\n\n[parent a]\n",
+         "t.ini:4: [parent a]: already defined on line 1"},
+        /* "[parent]" and "[parent ]" name no parent: they are unknown sections. */
+        {"[parent]\n", "t.ini:1: [parent]: unknown section (known: [server] [access] [dns] "
+                       "[timeouts] [limits] [log] [auth] [admin] [parent NAME])"},
+        {"[parent ]\n", "t.ini:1: [parent ]: unknown section (known: [server] [access] [dns] "
+                        "[timeouts] [limits] [log] [auth] [admin] [parent NAME])"},
+        {"[parent a] x\n", "t.ini:1: [parent a]: unexpected text after ']'"},
+        /* Keys. */
+        {"[parent a]\nport = 3128\n", "t.ini:2: [parent a] port: unknown key (known: address, "
+                                      "credentials_file, connect_timeout, backoff)"},
+        {"[parent a]\naddress = a.test:1\n[server]\n[parent b]\naddress = b.test:1\n"
+         "address = c.test:1\n",
+         "t.ini:6: [parent b] address: duplicate key (already set on line 5)"},
+        {"[parent a]\nbackoff = 1s\n", "t.ini:1: [parent a]: needs an address (address = "
+                                       "host:port)"},
+        /* Values. */
+        {"[parent a]\naddress = a.test\n",
+         "t.ini:2: [parent a] address: must be host:port (missing port) (got 'a.test')"},
+        {"[parent a]\naddress =\n",
+         "t.ini:2: [parent a] address: must be host:port (empty authority) (got '')"},
+        {"[parent a]\naddress = 2001:db8::1:3128\n",
+         "t.ini:2: [parent a] address: must be host:port (IPv6 address must be in brackets) (got "
+         "'2001:db8::1:3128')"},
+        {"[parent a]\naddress = user@a.test:3128\n",
+         "t.ini:2: [parent a] address: must be host:port (userinfo not allowed) (got "
+         "'user@a.test:3128')"},
+        {"[parent a]\naddress = http://a.test:3128\n",
+         "t.ini:2: [parent a] address: must be host:port (request target must be host:port) (got "
+         "'http://a.test:3128')"},
+        {"[parent a]\naddress = a.test:65536\n",
+         "t.ini:2: [parent a] address: must be host:port (port out of range) (got "
+         "'a.test:65536')"},
+        {"[parent a]\naddress = a_b!.test:1\n",
+         "t.ini:2: [parent a] address: must be host:port (bad character in host) (got "
+         "'a_b!.test:1')"},
+        {"[parent a]\nconnect_timeout = 5\n",
+         "t.ini:2: [parent a] connect_timeout: needs a unit, e.g. 10s (ms, s, m or h) (got '5')"},
+        {"[parent a]\nconnect_timeout = 0s\n",
+         "t.ini:2: [parent a] connect_timeout: must be greater than 0 (got '0s')"},
+        {"[parent a]\nbackoff = 25h\n", "t.ini:2: [parent a] backoff: must be at most 24h (got "
+                                        "'25h')"},
+        {"[parent a]\nbackoff = soon\n",
+         "t.ini:2: [parent a] backoff: bad duration; use a number and a unit ms, s, m or h, e.g. "
+         "250ms, 10s, 1.5m, 1h (got 'soon')"},
+    };
+    (void)state;
+
+    for (size_t i = 0; i < N(cases); i++)
+        EXPECT_EXACT(cases[i].text, cases[i].want);
+}
+
+/* [access] via: names resolved once every section is read. */
+static void test_parents_via(void **state) {
+    char text[256];
+    (void)state;
+
+    EXPECT_EXACT("[access]\nvia = up1\n",
+                 "t.ini:2: [access] via: 'up1' is neither direct nor a [parent NAME] section");
+    EXPECT_EXACT("[parent up1]\naddress = a.test:1\n[access]\nvia = up1, up2, direct\n",
+                 "t.ini:4: [access] via: 'up2' is neither direct nor a [parent NAME] section");
+    EXPECT_EXACT("[access]\nvia = ,\n", "t.ini:2: [access] via: needs direct or a parent's name");
+    EXPECT_EXACT("[access]\n\nvia =\n", "t.ini:3: [access] via: needs direct or a parent's name");
+    EXPECT_EXACT("[access]\nvia = direct\nvia = direct\n",
+                 "t.ini:3: [access] via: duplicate key (already set on line 2)");
+    (void)snprintf(text, sizeof text, "[access]\nvia = direct, %064d\n", 0);
+    EXPECT_EXACT(text, "t.ini:2: [access] via: a name is too long");
+    /* A parent's error is reported before via's. */
+    EXPECT_EXACT("[access]\nvia = nope\n[parent a]\n",
+                 "t.ini:3: [parent a]: needs an address (address = host:port)");
+}
+
+/* A rule's via: the names resolved against the ini's parents; an unknown one is reported with
+ * the ini's FILE:LINE of [access] policy, the policy file and the rule. */
+static void test_parents_policy_via(void **state) {
+    struct config c;
+    (void)state;
+
+    load_ok("[parent up1]\naddress = a.test:3128\n[parent up2]\naddress = b.test:3128\n"
+            "[access]\npolicy = parent_policy.yaml\nvia = up2\n",
+            DATA_INI, &c);
+    assert_int_equal(c.rules.n, 4);
+    assert_int_equal(c.nvia, 1);
+    assert_int_equal(c.via[0], 1);
+
+    const struct rule *r = &c.rules.v[0];
+    assert_string_equal(r->name, "via-list");
+    assert_true(r->has_via);
+    assert_int_equal(r->nvia, 2);
+    assert_string_equal(r->via[0], "up1");
+    assert_string_equal(r->via[1], "direct");
+    assert_non_null(r->via_idx);
+    assert_int_equal(r->via_idx[0], 0);
+    assert_int_equal(r->via_idx[1], VIA_DIRECT);
+
+    r = &c.rules.v[1];
+    assert_string_equal(r->name, "via-string");
+    assert_int_equal(r->nvia, 2);
+    assert_int_equal(r->via_idx[0], 1);
+    assert_int_equal(r->via_idx[1], 0);
+
+    for (size_t i = 2; i < 4; i++) { /* without via: [access] via applies */
+        r = &c.rules.v[i];
+        assert_false(r->has_via);
+        assert_int_equal(r->nvia, 0);
+        assert_null(r->via);
+        assert_null(r->via_idx);
+    }
+    config_free(&c);
+
+    /* Rule by rule, in order: "via-list" is fine, "via-string" names up2. */
+    expect_exact("[parent up1]\naddress = a.test:3128\n[access]\n\npolicy = parent_policy.yaml\n",
+                 DATA_INI,
+                 DATA_INI ":5: [access] policy: tests/unit/data/parent_policy.yaml: rule "
+                          "via-string: via: 'up2' is neither direct nor a [parent NAME] section");
+    /* No parents at all: the first rule's up1. */
+    expect_exact("[access]\npolicy = parent_policy.yaml\n", DATA_INI,
+                 DATA_INI ":2: [access] policy: tests/unit/data/parent_policy.yaml: rule "
+                          "via-list: via: 'up1' is neither direct nor a [parent NAME] section");
+    /* An unnamed rule is called FILE:LINE. */
+    expect_exact("[access]\npolicy = parent_policy_unknown.yaml\n[parent up1]\naddress = a:1\n",
+                 DATA_INI,
+                 DATA_INI ":2: [access] policy: tests/unit/data/parent_policy_unknown.yaml: rule "
+                          "tests/unit/data/parent_policy_unknown.yaml:5: via: 'nope' is neither "
+                          "direct nor a [parent NAME] section");
+}
+
+/* [timeouts] happy_eyeballs: RFC 8305's connection attempt delay, 10ms to 2s. */
+static void test_happy_eyeballs(void **state) {
+    static const struct {
+        const char *value;
+        double s;
+    } good[] = {
+        {"10ms", 0.01}, {"0.01s", 0.01}, {"100ms", 0.1}, {"250ms", 0.25},
+        {"1.5s", 1.5},  {"2s", 2},       {"2000ms", 2},  {"0.02m", 1.2},
+    };
+    static const char *const bad[] = {"9ms", "0.009s", "2001ms", "2.001s", "3s",
+                                      "1m",  "1h",     "0",      "0ms",    "100",
+                                      "0.5", "",       "fast",   "-10ms",  "1 s"};
+    struct config c;
+    char text[128], want[CONFIG_ERR_MAX];
+    (void)state;
+
+    load_ok("", "t.ini", &c);
+    assert_true(c.timeout_happy_eyeballs == 0.25); /* the default */
+    config_free(&c);
+    for (size_t i = 0; i < N(good); i++) {
+        (void)snprintf(text, sizeof text, "[timeouts]\nhappy_eyeballs = %s\n", good[i].value);
+        load_ok(text, "t.ini", &c);
+        if (c.timeout_happy_eyeballs - good[i].s > 1e-12 ||
+            good[i].s - c.timeout_happy_eyeballs > 1e-12)
+            fail_msg("'%s': expected %g, got %g", good[i].value, good[i].s,
+                     c.timeout_happy_eyeballs);
+        config_free(&c);
+    }
+    for (size_t i = 0; i < N(bad); i++) {
+        (void)snprintf(text, sizeof text, "[timeouts]\nhappy_eyeballs = %s\n", bad[i]);
+        (void)snprintf(want, sizeof want,
+                       "t.ini:2: [timeouts] happy_eyeballs: must be a duration from 10ms to 2s "
+                       "(got '%s')",
+                       bad[i]);
+        EXPECT_EXACT(text, want);
+    }
+    EXPECT_EXACT("[timeouts]\nhappy_eyeballs = 1s\n[timeouts]\nhappy_eyeballs = 1s\n",
+                 "t.ini:4: [timeouts] happy_eyeballs: duplicate key (already set on line 2)");
 }
 
 static void test_durations(void **state) {
@@ -770,6 +1190,12 @@ int main(void) {
         cmocka_unit_test(test_linked_rule_users),
         cmocka_unit_test(test_admin),
         cmocka_unit_test(test_listen_options),
+        cmocka_unit_test(test_parents),
+        cmocka_unit_test(test_parents_credentials),
+        cmocka_unit_test(test_parents_errors),
+        cmocka_unit_test(test_parents_via),
+        cmocka_unit_test(test_parents_policy_via),
+        cmocka_unit_test(test_happy_eyeballs),
         cmocka_unit_test(test_durations),
         cmocka_unit_test(test_missing_file),
         cmocka_unit_test(test_file_errors),

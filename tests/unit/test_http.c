@@ -891,6 +891,244 @@ static void test_build_error_rejects_bad_input(void **state) {
     assert_true(http_build_error(out, sizeof(out), 400, "x", NULL, NULL, "") > 0);
 }
 
+/* ---- a parent's answer: http_parse_response() -------------------------------------------- */
+
+struct response_case {
+    const char *name;
+    const char *in;
+    size_t len;
+    size_t max;
+    enum http_parse_result res;
+    int status;         /* on DONE */
+    size_t head_len;    /* on DONE */
+    const char *reason; /* on ERROR */
+    size_t decided;     /* the shortest prefix with the final outcome (the rest are MORE) */
+};
+
+#define RMAX 16384
+#define RDONE(st, head)                                                                            \
+    .res = HTTP_PARSE_DONE, .status = (st), .head_len = (head), .decided = (head)
+#define RERR(why, at) .res = HTTP_PARSE_ERROR, .reason = (why), .decided = (at)
+#define RMORE         .res = HTTP_PARSE_MORE
+
+#define OK200     "HTTP/1.1 200 Connection established\r\n\r\n"
+#define TOO_LARGE "response header too large"
+#define NOT_HTTP  "not an HTTP response"
+#define BAD_LINE  "bad status line"
+
+static const struct response_case response_cases[] = {
+    /* DONE: the status, and where the head ends (bytes after it are the tunnel's). */
+    {"response: 200 with CR LF", BIN(OK200), RMAX, RDONE(200, sizeof(OK200) - 1)},
+    {"response: 200 with bare LF", BIN("HTTP/1.0 200 OK\n\n"), RMAX, RDONE(200, 17)},
+    {"response: no reason phrase", BIN("HTTP/1.1 200\r\n\r\n"), RMAX, RDONE(200, 16)},
+    {"response: no reason phrase, bare LF", BIN("HTTP/1.1 204\n\n"), RMAX, RDONE(204, 14)},
+    {"response: mixed line endings", BIN("HTTP/1.1 200 OK\r\nVia: 1.1 p\n\r\n"), RMAX,
+     RDONE(200, 30)},
+    {"response: bare LF then CR LF", BIN("HTTP/1.1 200 OK\nA: b\r\n\n"), RMAX, RDONE(200, 23)},
+    {"response: tunnel data after the head", BIN(OK200 "\x16\x03\x01\x02\x00\r\n\r\n"), RMAX,
+     RDONE(200, sizeof(OK200) - 1)},
+    {"response: 407 with headers",
+     BIN("HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic "
+         "realm=\"p\"\r\nContent-Length: 0\r\n\r\n"),
+     RMAX, RDONE(407, 102)},
+    {"response: HTTP/1.9 504", BIN("HTTP/1.9 504 Gateway Timeout\r\n\r\n"), RMAX, RDONE(504, 32)},
+    {"response: 100 is the caller's to judge", BIN("HTTP/1.1 100 Continue\r\n\r\n"), RMAX,
+     RDONE(100, 25)},
+    /* max counts the head only. */
+    {"response: head of exactly max", BIN("HTTP/1.1 200 OK\r\n\r\n"), 19, RDONE(200, 19)},
+    {"response: data past max after the head", BIN("HTTP/1.1 200 OK\r\n\r\nlots of tunnel data"),
+     19, RDONE(200, 19)},
+    {"response: head one byte over max", BIN("HTTP/1.1 200 OK\r\n\r\n"), 18, RERR(TOO_LARGE, 18)},
+    {"response: headers over max",
+     BIN("HTTP/1.1 200 OK\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n"), 32,
+     RERR(TOO_LARGE, 32)},
+    /* MORE: the head has not ended yet. */
+    {"response: nothing yet", BIN(""), RMAX, RMORE},
+    {"response: status line only", BIN("HTTP/1.1 200 OK\r\n"), RMAX, RMORE},
+    {"response: CR of the last CR LF", BIN("HTTP/1.1 200 OK\r\nA: b\r\n\r"), RMAX, RMORE},
+    {"response: CR CR LF is no end", BIN("HTTP/1.1 200 OK\r\r\n"), RMAX, RMORE},
+    /* ERROR at the first byte: anything but 'H' is no HTTP response. */
+    {"response: bad first byte", BIN("X"), RMAX, RERR(NOT_HTTP, 1)},
+    {"response: TLS record", BIN("\x16\x03\x01\x00\x05hello world"), RMAX, RERR(NOT_HTTP, 1)},
+    {"response: leading CR LF", BIN("\r\nHTTP/1.1 200 OK\r\n\r\n"), RMAX, RERR(NOT_HTTP, 1)},
+    {"response: lowercase http", BIN("http/1.1 200 OK\r\n\r\n"), RMAX, RERR(NOT_HTTP, 1)},
+    {"response: empty head", BIN("\n\n"), RMAX, RERR(NOT_HTTP, 1)},
+    /* ERROR once "HTTP/1.x NNN" and the byte after it are there. */
+    {"response: HTTP/2", BIN("HTTP/2 200\r\n\r\n"), RMAX, RERR(BAD_LINE, 12)},
+    {"response: HTTX", BIN("HTTX/1.1 200 OK\r\n\r\n"), RMAX, RERR(BAD_LINE, 12)},
+    {"response: minor version not a digit", BIN("HTTP/1.x 200 OK\r\n\r\n"), RMAX,
+     RERR(BAD_LINE, 12)},
+    {"response: status not digits", BIN("HTTP/1.1 2x0 OK\r\n\r\n"), RMAX, RERR(BAD_LINE, 12)},
+    {"response: two spaces", BIN("HTTP/1.1  200 OK\r\n\r\n"), RMAX, RERR(BAD_LINE, 12)},
+    {"response: four-digit status", BIN("HTTP/1.1 2000 OK\r\n\r\n"), RMAX, RERR(BAD_LINE, 13)},
+    {"response: no space after status", BIN("HTTP/1.1 200OK\r\n\r\n"), RMAX, RERR(BAD_LINE, 13)},
+    {"response: tab after status", BIN("HTTP/1.1 200\tOK\r\n\r\n"), RMAX, RERR(BAD_LINE, 13)},
+    {"response: no status, CR LF", BIN("HTTP/1.1\r\n\r\n"), RMAX, RERR(BAD_LINE, 12)},
+    /* A head that ends before a status line fits. */
+    {"response: head ends at once", BIN("H\n\n"), RMAX, RERR(BAD_LINE, 3)},
+    {"response: no status, bare LF", BIN("HTTP/1.1\n\n"), RMAX, RERR(BAD_LINE, 10)},
+    {"response: status cut short", BIN("HTTP/1.1 20\n\n"), RMAX, RERR(BAD_LINE, 12)},
+};
+
+/* http_parse_response() on a heap copy of exactly len bytes of in (ASan sees any read past). */
+static enum http_parse_result response_exact(const char *in, size_t len, size_t max, int *status,
+                                             size_t *head_len, const char **reason) {
+    char *copy = malloc(len > 0 ? len : 1);
+    enum http_parse_result r;
+
+    assert_non_null(copy);
+    if (len > 0)
+        memcpy(copy, in, len);
+    r = http_parse_response(copy, len, max, status, head_len, reason);
+    free(copy);
+    return r;
+}
+
+/* The whole input, then every prefix: MORE before the deciding byte, the same outcome from it
+ * on (the caller calls again with the buffer grown after every read). */
+static void test_response_case(void **state) {
+    const struct response_case *tc = *state;
+    size_t first = tc->res == HTTP_PARSE_MORE ? tc->len + 1 : tc->decided;
+
+    for (size_t k = 0; k <= tc->len; k++) {
+        int status = -1;
+        size_t head = 0;
+        const char *reason = "unset";
+        enum http_parse_result r = response_exact(tc->in, k, tc->max, &status, &head, &reason);
+
+        if (k < first) {
+            if (r != HTTP_PARSE_MORE)
+                fail_msg("prefix of %zu bytes: expected MORE, got %d (%s)", k, r,
+                         reason ? reason : "");
+            assert_null(reason);
+            continue;
+        }
+        if (r != tc->res)
+            fail_msg("prefix of %zu bytes: expected %d, got %d (%s)", k, tc->res, r,
+                     reason ? reason : "");
+        if (r == HTTP_PARSE_DONE) {
+            assert_null(reason);
+            assert_int_equal(status, tc->status);
+            assert_int_equal(head, tc->head_len);
+        } else {
+            assert_non_null(reason);
+            assert_string_equal(reason, tc->reason);
+        }
+    }
+}
+
+/* ---- http_header_values() ----------------------------------------------------------------- */
+
+/* http_header_values() on a heap copy of exactly header_len bytes; out is checked to be
+ * NUL-terminated within outlen and not written past it. */
+static size_t values_exact(const char *block, size_t header_len, const char *name, char *out,
+                           size_t outlen) {
+    char *copy = malloc(header_len > 0 ? header_len : 1);
+    char *o = malloc(outlen + 1);
+    size_t n;
+
+    assert_non_null(copy);
+    assert_non_null(o);
+    memcpy(copy, block, header_len);
+    memset(o, 'Z', outlen + 1);
+    n = http_header_values(copy, header_len, name, o, outlen);
+    assert_int_equal(o[outlen], 'Z');
+    if (outlen > 0) {
+        assert_int_equal(strlen(o), n);
+        memcpy(out, o, n + 1);
+    } else {
+        assert_int_equal(n, 0);
+        assert_int_equal(o[0], 'Z'); /* nothing written */
+    }
+    free(copy);
+    free(o);
+    return n;
+}
+
+static void expect_values(const char *block, const char *name, size_t outlen, const char *want) {
+    char out[1024];
+
+    assert_true(outlen <= sizeof(out));
+    size_t n = values_exact(block, strlen(block), name, out, outlen);
+    if (outlen > 0 && strcmp(out, want) != 0)
+        fail_msg("'%s' (out %zu bytes): expected '%s', got '%s'", name, outlen, want, out);
+    assert_int_equal(n, strlen(want));
+}
+
+static const char via_block[] = "CONNECT a.test:443 HTTP/1.1\r\n"
+                                "Host: a.test:443\r\n"
+                                "Via: 1.0 fred, 1.1 p.example\r\n"
+                                "X-Via: not this\r\n"
+                                "via:1.1 second  \r\n"
+                                "Viaduct: not this\r\n"
+                                "Via : not this (no space before the colon)\r\n"
+                                "VIA:\t 1.1  third \t\r\n"
+                                "Via:\r\n"
+                                "Via:  \t \r\n"
+                                "\r\n";
+
+static void test_header_values(void **state) {
+    (void)state;
+    /* Every field of that name, any case, in order; OWS trimmed, inner spaces kept; empty
+     * values left out. */
+    expect_values(via_block, "via", 1024, "1.0 fred, 1.1 p.example, 1.1 second, 1.1  third");
+    expect_values(via_block, "host", 1024, "a.test:443");
+    expect_values(via_block, "x-via", 1024, "not this");
+    expect_values(via_block, "proxy-authorization", 1024, "");
+    /* Bare LF line endings. */
+    expect_values("CONNECT a:1 HTTP/1.1\nVia: a\nHost: a:1\nvia: b\n\n", "via", 64, "a, b");
+    /* The request line is not a field, whatever it holds; a block without a LF is only that. */
+    expect_values("Via: request line\r\nVia: a\r\n\r\n", "via", 64, "a");
+    expect_values("Via: no LF", "via", 64, "");
+    expect_values("CONNECT a:1 HTTP/1.1\r\n\r\n", "via", 64, "");
+    /* A last line cut by header_len (no LF) still counts. */
+    expect_values("CONNECT a:1 HTTP/1.1\r\nVia: a\r\nVia: last", "via", 64, "a, last");
+}
+
+/* Only header_len bytes are read: a field after the head is tunnel data. */
+static void test_header_values_header_len(void **state) {
+    static const char buf[] = "CONNECT a:1 HTTP/1.1\r\nVia: a\r\n\r\nVia: b\r\n\r\n";
+    size_t head = strstr(buf, "\r\n\r\n") + 4 - buf;
+    char out[64];
+
+    (void)state;
+    assert_int_equal(values_exact(buf, head, "via", out, sizeof(out)), 1);
+    assert_string_equal(out, "a");
+    assert_int_equal(values_exact(buf, sizeof(buf) - 1, "via", out, sizeof(out)), 4);
+    assert_string_equal(out, "a, b");
+    assert_int_equal(values_exact(buf, 0, "via", out, sizeof(out)), 0);
+    assert_string_equal(out, "");
+}
+
+/* A value is kept whole or not at all: the output is always a list of complete values. */
+static void test_header_values_fit(void **state) {
+    static const char block[] = "CONNECT a:1 HTTP/1.1\r\nVia: abc\r\nVia: de\r\n\r\n";
+
+    (void)state;
+    expect_values(block, "via", 8, "abc, de"); /* 7 bytes and the NUL */
+    expect_values(block, "via", 7, "abc");     /* ", de" does not fit */
+    expect_values(block, "via", 5, "abc");
+    expect_values(block, "via", 4, "abc");
+    expect_values(block, "via", 3, "");
+    expect_values(block, "via", 1, "");
+    expect_values(block, "via", 0, "");
+    /* The list stops at the first value that does not fit (src/http.c: "what fits is kept
+     * whole, item by item"), so it never has a hole: a later shorter value is left out too. */
+    expect_values("CONNECT a:1 HTTP/1.1\r\nVia: 1.1 a-very-long-pseudonym\r\nVia: 1.1 b\r\n\r\n",
+                  "via", 16, "");
+    expect_values("CONNECT a:1 HTTP/1.1\r\nVia: x\r\nVia: 1.1 a-very-long-pseudonym\r\nVia: y\r\n"
+                  "\r\n",
+                  "via", 16, "x");
+}
+
+/* http.h: "Every value of the header fields called name (case-insensitive)": the name passed
+ * in may be written in any case too, as header names usually are ("Via"). */
+static void test_header_values_name_case(void **state) {
+    (void)state;
+    expect_values(via_block, "Via", 1024, "1.0 fred, 1.1 p.example, 1.1 second, 1.1  third");
+    expect_values(via_block, "HOST", 1024, "a.test:443");
+}
+
 /* ---- main --------------------------------------------------------------------------------- */
 
 static const struct CMUnitTest fixed_tests[] = {
@@ -916,12 +1154,16 @@ static const struct CMUnitTest fixed_tests[] = {
     cmocka_unit_test(test_build_error_truncation),
     cmocka_unit_test(test_build_error_details_capped),
     cmocka_unit_test(test_build_error_rejects_bad_input),
+    cmocka_unit_test(test_header_values),
+    cmocka_unit_test(test_header_values_header_len),
+    cmocka_unit_test(test_header_values_fit),
+    cmocka_unit_test(test_header_values_name_case),
 };
 
 int main(void) {
     static char authority_names[ARRAY_LEN(authority_cases)][96];
-    struct CMUnitTest
-        tests[ARRAY_LEN(parse_cases) + ARRAY_LEN(authority_cases) + ARRAY_LEN(fixed_tests)];
+    struct CMUnitTest tests[ARRAY_LEN(parse_cases) + ARRAY_LEN(authority_cases) +
+                            ARRAY_LEN(response_cases) + ARRAY_LEN(fixed_tests)];
     size_t n = 0;
 
     for (size_t i = 0; i < ARRAY_LEN(parse_cases); i++) {
@@ -937,6 +1179,13 @@ int main(void) {
         snprintf(authority_names[i], sizeof(authority_names[i]), "authority \"%s\"%s",
                  authority_cases[i].in, authority_cases[i].port_optional ? " (port optional)" : "");
         t.name = authority_names[i];
+        tests[n++] = t;
+    }
+    for (size_t i = 0; i < ARRAY_LEN(response_cases); i++) {
+        struct CMUnitTest t =
+            cmocka_unit_test_prestate(test_response_case, (void *)&response_cases[i]);
+
+        t.name = response_cases[i].name;
         tests[n++] = t;
     }
     for (size_t i = 0; i < ARRAY_LEN(fixed_tests); i++)

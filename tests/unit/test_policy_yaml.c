@@ -377,6 +377,148 @@ static void test_errors_yaml(void **state) {
                  "t.yaml:2:18: ", "control characters are not allowed");
 }
 
+/* ---- via: where an allowed request goes ---- */
+
+/* text must fail with exactly the message want; *rs must be zeroed afterwards. */
+static void expect_exact(const char *text, const char *want) {
+    struct rule_set rs;
+    char err[512] = "";
+
+    memset(&rs, 0xa5, sizeof rs);
+    if (policy_yaml_load_string(text, strlen(text), "t.yaml", &rs, err, sizeof err) == 0) {
+        rules_free(&rs);
+        fail_msg("accepted:\n%s", text);
+    }
+    if (strcmp(err, want) != 0)
+        fail_msg("expected message\n  '%s'\ngot\n  '%s'\nfor:\n%s", want, err, text);
+    if (!all_zero(&rs, sizeof rs))
+        fail_msg("rule set not zeroed after error for:\n%s", text);
+}
+
+static void assert_via(const struct rule *r, const char *const *want, size_t n) {
+    assert_true(r->has_via);
+    assert_int_equal(r->nvia, n);
+    for (size_t i = 0; i < n; i++)
+        assert_string_equal(r->via[i], want[i]);
+    assert_null(r->via_idx); /* resolved by config.c against proxy.ini's parents */
+}
+
+#define ASSERT_VIA(r, ...)                                                                         \
+    do {                                                                                           \
+        const char *const want_[] = {__VA_ARGS__};                                                 \
+        assert_via((r), want_, N(want_));                                                          \
+    } while (0)
+
+/* A list and a comma-separated string mean the same; names are kept as written, in order;
+ * whether they exist is config.c's business. */
+static void test_via(void **state) {
+    struct rule_set rs = {NULL, 0};
+
+    (void)state;
+    load_ok("rules:\n"
+            "  - name: list\n"
+            "    via: [corp, backup-1, direct]\n"
+            "    action: allow\n"
+            "  - via: \" corp ,backup-1,, direct \"\n"
+            "    hosts: [a.test]\n"
+            "    action: allow\n"
+            "  - via:\n"
+            "      - Up_2\n"
+            "      - 'direct'\n"
+            "    action: allow\n"
+            "  - {action: allow, via: direct}\n"
+            "  - action: allow\n"
+            "    via: abcdefghijklmnopqrstuvwxyz012345\n"
+            "  - action: deny\n"
+            "  - action: allow\n",
+            &rs);
+    assert_int_equal(rs.n, 7);
+    ASSERT_VIA(&rs.v[0], "corp", "backup-1", "direct");
+    ASSERT_VIA(&rs.v[1], "corp", "backup-1", "direct");
+    assert_true(rs.v[1].has_hosts);
+    ASSERT_VIA(&rs.v[2], "Up_2", "direct");
+    ASSERT_VIA(&rs.v[3], "direct");
+    ASSERT_VIA(&rs.v[4], "abcdefghijklmnopqrstuvwxyz012345"); /* 32: the longest name */
+    for (size_t i = 5; i < 7; i++) {                          /* no via: proxy.ini's applies */
+        assert_false(rs.v[i].has_via);
+        assert_int_equal(rs.v[i].nvia, 0);
+        assert_null(rs.v[i].via);
+        assert_null(rs.v[i].via_idx);
+    }
+    rules_free(&rs);
+    assert_null(rs.v);
+}
+
+/* Every via message, with its exact text and position. */
+static void test_via_errors(void **state) {
+    static const struct {
+        const char *text, *want;
+    } cases[] = {
+        /* A deny rule sends nothing anywhere: the rule is pointed at, wherever via is. */
+        {"rules:\n  - action: allow\n  - action: deny\n    via: corp\n",
+         "t.yaml:3:5: a deny rule has no via: it sends nothing anywhere"},
+        {"rules:\n  - via: [direct]\n    action: deny\n",
+         "t.yaml:2:5: a deny rule has no via: it sends nothing anywhere"},
+        {"rules:\n  - {via: direct, action: deny}\n",
+         "t.yaml:2:5: a deny rule has no via: it sends nothing anywhere"},
+        /* Names: 1-32 of [A-Za-z0-9_-], or direct. */
+        {"rules:\n  - action: allow\n    via: [corp, a.b]\n",
+         "t.yaml:3:17: via: bad name 'a.b': a parent's name (letters, digits, '-', '_', at most "
+         "32) or direct"},
+        {"rules:\n  - action: allow\n    via: corp, a b\n",
+         "t.yaml:3:10: via: bad name 'a b': a parent's name (letters, digits, '-', '_', at most "
+         "32) or direct"},
+        {"rules:\n  - action: allow\n    via: abcdefghijklmnopqrstuvwxyz0123456\n",
+         "t.yaml:3:10: via: bad name 'abcdefghijklmnopqrstuvwxyz0123456': a parent's name "
+         "(letters, digits, '-', '_', at most 32) or direct"},
+        {"rules:\n  - action: allow\n    via: [\"c:orp\"]\n",
+         "t.yaml:3:11: via: bad name 'c:orp': a parent's name (letters, digits, '-', '_', at "
+         "most 32) or direct"},
+        /* Empty lists, entries and values: leave the key out instead. */
+        {"rules:\n  - action: allow\n    via: []\n",
+         "t.yaml:3:10: via: empty list; omit the key to match anything"},
+        {"rules:\n  - action: allow\n    via: \" , \"\n",
+         "t.yaml:3:10: via: empty list; omit the key to match anything"},
+        {"rules:\n  - action: allow\n    via:\n",
+         "t.yaml:3:9: via: no value; omit the key to match anything"},
+        {"rules:\n  - action: allow\n    via: ~\n",
+         "t.yaml:3:10: via: no value; omit the key to match anything"},
+        {"rules:\n  - action: allow\n    via: [corp, \"\"]\n",
+         "t.yaml:3:17: via: empty list entry"},
+        {"rules:\n  - action: allow\n    via: [corp, null]\n",
+         "t.yaml:3:17: via: empty list entry"},
+        /* Shapes. */
+        {"rules:\n  - action: allow\n    via: [corp, \"a, b\"]\n",
+         "t.yaml:3:17: via: 'a, b' holds a comma: write one item per list entry, e.g. [a, b]"},
+        {"rules:\n  - action: allow\n    via: {corp: 1}\n",
+         "t.yaml:3:10: via: expected a list or a single value, found a mapping"},
+        {"rules:\n  - action: allow\n    via: [[corp]]\n",
+         "t.yaml:3:11: via: nested lists are not supported"},
+        {"rules:\n  - action: allow\n    via: [{corp: 1}]\n",
+         "t.yaml:3:11: via: expected a list entry, found a mapping"},
+        {"rules:\n  - via: corp\n    action: allow\n    via: direct\n",
+         "t.yaml:4:5: duplicate key 'via' in rule"},
+        {"rules:\n  - action: allow\n    vias: corp\n",
+         "t.yaml:3:5: unknown key 'vias' in rule (expected name, clients, users, hosts, ports, "
+         "via, action)"},
+        /* Bytes. */
+        {"rules:\n  - action: allow\n    via: \"co\\trp\"\n",
+         "t.yaml:3:10: via: control character in 'co?rp'"},
+        {"rules:\n  - action: allow\n    via: \"b\\u00fccher\"\n",
+         "t.yaml:3:10: via: non-ASCII character in 'b??cher' (write names as IDNA A-labels, "
+         "xn--...)"},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < N(cases); i++)
+        expect_exact(cases[i].text, cases[i].want);
+    /* A name too long for the item buffer is refused too (quoted back cut short). */
+    ERR("rules:\n  - action: allow\n    via: "
+        "aaaaaaaaaabbbbbbbbbbccccccccccddddddddddeeeeeeeeee\n",
+        "t.yaml:3:10: via: bad name 'aaaaaaaaaabbbbbbbbbbcccccccccc",
+        "': a parent's name (letters, digits, '-', '_', at most 32) or direct");
+}
+
 /* ---- limits ---- */
 
 static char *repeat_rules(size_t n, size_t *len) {
@@ -596,6 +738,8 @@ int main(void) {
         cmocka_unit_test(test_errors_values),
         cmocka_unit_test(test_errors_items),
         cmocka_unit_test(test_errors_yaml),
+        cmocka_unit_test(test_via),
+        cmocka_unit_test(test_via_errors),
         cmocka_unit_test(test_rule_limit),
         cmocka_unit_test(test_size_limit),
         cmocka_unit_test(test_file),
