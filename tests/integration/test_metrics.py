@@ -60,6 +60,10 @@ def admin_proxy(start_proxy, overrides=None, workers=1):
     p.admin_port = aport
     if workers > 1:
         wait_children(p.pid, workers)
+        # Every worker has started serving (a readiness probe queued on a worker's socket is
+        # accepted, and counted, only then).
+        p.wait_log("info: ready (max_connections", count=workers)
+        p.settle()
     deadline = time.monotonic() + 5
     while True:
         try:
@@ -944,8 +948,9 @@ def test_open_gauges_follow_tunnels_with_two_workers(start_proxy, tcp_server):
     clients = []
     for i in range(5):
         clients.append(p.tunnel(srv.target()))
-        m = scrape(p.admin_port)  # the 200 is sent after the gauge is set: exact at once
-        assert gauges(m) == (i + 1, i + 1), m.text
+        # A tunnel counts once its 200 has gone out, a moment after the client may read it.
+        m = wait_metric(p.admin_port, lambda m, n=i + 1: gauges(m) == (n, n),
+                        f"{i + 1} tunnels open")
         assert per_worker(m, "connectd_worker_tunnels_open") == i + 1
         assert per_worker(m, "connectd_worker_connections_open") == i + 1
     # Several scrapes (answered by either worker) all show the same figures.
