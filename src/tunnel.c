@@ -409,6 +409,51 @@ static void resolve_and_dial(struct tunnel *t, const char *name, uint16_t port, 
 
 /* ---- parents ---- */
 
+enum verdict {
+    VERDICT_ALLOW = 1,
+    VERDICT_PRIVATE, /* reserved class and deny_private; *cls names the class */
+    VERDICT_DENY,    /* a deny rule or proxy.ini's lists */
+    VERDICT_LOOP,    /* one of our own listeners */
+};
+
+static enum verdict addr_verdict(struct tunnel *t, const struct sockaddr *sa, const char **cls);
+
+/* An IP-literal target on its way to a parent: refused (false) as a direct dial would be. */
+static bool target_ok_for_parent(struct tunnel *t) {
+    struct handshake *hs = t->hs;
+    const struct http_request *req = &hs->parser.req;
+    union sockaddr_any ip;
+    socklen_t len;
+    const char *cls = NULL;
+    struct sockaddr_storage ss;
+    if (addr_parse_ip(req->host, req->port, &ss, &len) == -1) {
+        refuse(t, 400, "http_request_error", NULL, "bad IP address", "bad_request");
+        return false;
+    }
+    memcpy(&ip, &ss, len);
+    int via = hs->via;
+    hs->via = VIA_DIRECT;
+    enum verdict v = addr_verdict(t, &ip.sa, &cls);
+    hs->via = via;
+    switch (v) {
+    case VERDICT_ALLOW:
+        return true;
+    case VERDICT_PRIVATE: {
+        char details[64];
+        snprintf(details, sizeof details, "destination is %s", cls);
+        refuse(t, 403, "destination_ip_prohibited", NULL, details, "denied_private");
+        return false;
+    }
+    case VERDICT_LOOP:
+        refuse(t, 502, "proxy_loop_detected", NULL, "destination is this proxy", "proxy_loop");
+        return false;
+    case VERDICT_DENY:
+        break;
+    }
+    refuse(t, 403, "http_request_denied", NULL, "destination not allowed", "denied_host");
+    return false;
+}
+
 /* A parent that failed is skipped until its back-off is over (passive health); the last
  * choice of a route is tried whatever its state, rather than refusing outright. */
 static bool parent_usable(const struct tunnel *t, int idx, bool last) {
@@ -442,6 +487,10 @@ static void route_next(struct tunnel *t) {
                    "destination cannot be judged without resolving it", "denied_host");
             return;
         }
+        /* An IP-literal target is judged here as if dialed direct (deny_private, rules on
+         * addresses, the loop guard): the parent would dial exactly it. */
+        if (req->host_kind != HTTP_HOST_NAME && !target_ok_for_parent(t))
+            return;
         struct sockaddr_storage ss;
         resolve_and_dial(t, pa->host, pa->port, policy_target_ip(pa->host, &ss));
         return;
@@ -484,10 +533,19 @@ static void parent_refused(struct tunnel *t, int got) {
     const char *error = got == 407   ? "proxy_configuration_error"
                         : got == 504 ? "connection_timeout"
                                      : "destination_unavailable";
+    const char *reason = "parent_refused";
+    /* A parent that saw our request come back (proxies chained in a circle) says so in its
+     * Proxy-Status: keep that meaning for the client. */
+    char ps[256];
+    if (http_header_values(t->hs->pbuf, t->hs->plen, "proxy-status", ps, sizeof ps) &&
+        strstr(ps, "error=proxy_loop_detected")) {
+        error = "proxy_loop_detected";
+        reason = "proxy_loop";
+    }
     snprintf(params, sizeof params, "next-hop=\"%s\"; received-status=%d", pa->name, got);
     snprintf(details, sizeof details, "parent %s answered %d", pa->name, got);
     ev_io_stop(t->srv->loop, &t->upstream.rw);
-    refuse(t, got == 504 ? 504 : 502, error, params, details, "parent_refused");
+    refuse(t, got == 504 ? 504 : 502, error, params, details, reason);
 }
 
 static void parent_answer(struct tunnel *t) {
@@ -566,7 +624,8 @@ static void parent_send(struct tunnel *t) {
     const struct http_request *req = &hs->parser.req;
     char via[512];
     http_header_values(hs->req, req->header_len, "via", via, sizeof via);
-    hs->pbuf = malloc(PARENT_ANSWER_MAX);
+    /* Room for the answer, and for our own 200 in front of what follows it (connected()). */
+    hs->pbuf = malloc(PARENT_ANSWER_MAX + HTTP_CONNECT_OK_LEN);
     if (!hs->pbuf) {
         refuse(t, 500, "proxy_internal_error", NULL, "out of memory", "out_of_memory");
         return;
@@ -1062,13 +1121,6 @@ static void dial_failed(struct tunnel *t) {
     refuse(t, 403, "http_request_denied", NULL, "destination not allowed", "denied_host");
 }
 
-enum verdict {
-    VERDICT_ALLOW = 1,
-    VERDICT_PRIVATE, /* reserved class and deny_private; *cls names the class */
-    VERDICT_DENY,    /* a deny rule or proxy.ini's lists */
-    VERDICT_LOOP,    /* one of our own listeners */
-};
-
 /* The checks on the exact address about to be dialed (so DNS rebinding cannot slip past):
  * our own listeners first (whatever deny_private says), then the rule that allowed the name,
  * or the rules that needed an address, or proxy.ini's lists. */
@@ -1215,6 +1267,12 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         auth_step(t); /* held back long enough */
         return;
     case TUNNEL_RESOLVING:
+        if (t->hs->via != VIA_DIRECT) { /* the parent's own name */
+            dns_cancel(t->hs->dnsq);
+            t->hs->dnsq = NULL;
+            parent_failed(t, 504, "dns_timeout", "name resolution timed out", "parent_error");
+            return;
+        }
         refuse(t, 504, "dns_timeout", NULL, "name resolution timed out", "dns_timeout");
         return;
     case TUNNEL_PARENT:
