@@ -192,6 +192,11 @@ bench:
 bench-metrics:
 	$(PYTHON) bench/metrics.py
 
+# Through a parent (connectd -> connectd next to squid -> squid) and the PROXY protocol on vs off
+# (bench/chain.py).
+bench-chain:
+	$(PYTHON) bench/chain.py
+
 # Installs under $(DESTDIR): the binary in $(PREFIX)/sbin; in /etc/connectd the shipped
 # config as proxy.ini only when there is none (an operator's file is never replaced) and, always,
 # proxy.ini.example and policy.yaml.example; the systemd units with ExecStart= pointing at the

@@ -28,6 +28,11 @@
  *   --proxy HOST:PORT   proxy to CONNECT through (default 127.0.0.1:3128)
  *   --target HOST:PORT  destination in the CONNECT line, or the address dialled with --direct
  *   --direct            no proxy: connect straight to the target
+ *   --proxy-v2          start every connection to the proxy with a PROXY protocol v2 header, as
+ *                       a load balancer would: PROXY command, TCP, this connection's own
+ *                       address and port as the source, the proxy's as the destination; sent
+ *                       in the same send() as the CONNECT request (for a listener with
+ *                       connectd's "proxy-protocol" option)
  *   --pid PID           the proxy's pid: CPU seconds per GB (throughput), per handshake,
  *                       RSS/fds/CPU (idle); its child processes are summed with it
  *   --threads T         worker threads, each with its own epoll (default 1)
@@ -66,6 +71,7 @@
 #define MAX_THREADS 16
 #define MAX_SAMPLES (4 * 1024 * 1024)
 #define MAX_STARTS  20000000L /* connections one worker starts in a run, at most */
+#define PROXYV2_MAX 52        /* 16-byte fixed part + two IPv6 addresses and ports */
 
 enum mode { M_THROUGHPUT = 1, M_HANDSHAKES, M_LATENCY, M_IDLE };
 enum state { S_CONNECTING = 1, S_READ_REPLY, S_READ_ECHO, S_STREAM, S_IDLE };
@@ -76,7 +82,8 @@ struct opts {
     socklen_t proxy_len, target_len;
     char target_str[128];
     bool direct;
-    bool up; /* throughput direction */
+    bool proxy_v2; /* a PROXY v2 header before the CONNECT request */
+    bool up;       /* throughput direction */
     int tunnels, concurrency, threads, open_concurrency;
     long count, warmup_count;
     double seconds, warmup, hold, timeout, open_timeout;
@@ -366,6 +373,44 @@ static int send_all_small(struct worker *w, struct conn *c, const void *p, size_
     return -1;
 }
 
+/* --proxy-v2: the header a load balancer sends before the client's bytes (HAProxy's
+ * doc/proxy-protocol.txt, section 2.2): signature, version 2 + PROXY, TCP over IPv4 or IPv6,
+ * then source address (this socket's), destination address (the proxy's), source port,
+ * destination port, in network order. Returns its length; 0 when getsockname() failed. */
+static size_t proxy_v2_header(int fd, unsigned char *out) {
+    static const unsigned char sig[12] = {0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d,
+                                          0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a};
+    struct sockaddr_storage me;
+    socklen_t mlen = sizeof me;
+    if (getsockname(fd, (struct sockaddr *)&me, &mlen) == -1)
+        return 0;
+    memcpy(out, sig, sizeof sig);
+    out[12] = 0x21; /* version 2, command PROXY */
+    size_t n = 16;
+    if (me.ss_family == AF_INET) {
+        const struct sockaddr_in *src = (const struct sockaddr_in *)&me;
+        const struct sockaddr_in *dst = (const struct sockaddr_in *)&O.proxy;
+        out[13] = 0x11; /* AF_INET, STREAM */
+        memcpy(out + n, &src->sin_addr, 4);
+        memcpy(out + n + 4, &dst->sin_addr, 4);
+        memcpy(out + n + 8, &src->sin_port, 2);
+        memcpy(out + n + 10, &dst->sin_port, 2);
+        n += 12;
+    } else {
+        const struct sockaddr_in6 *src = (const struct sockaddr_in6 *)&me;
+        const struct sockaddr_in6 *dst = (const struct sockaddr_in6 *)&O.proxy;
+        out[13] = 0x21; /* AF_INET6, STREAM */
+        memcpy(out + n, &src->sin6_addr, 16);
+        memcpy(out + n + 16, &dst->sin6_addr, 16);
+        memcpy(out + n + 32, &src->sin6_port, 2);
+        memcpy(out + n + 34, &dst->sin6_port, 2);
+        n += 36;
+    }
+    out[14] = (unsigned char)((n - 16) >> 8);
+    out[15] = (unsigned char)((n - 16) & 0xff);
+    return n;
+}
+
 /* The TCP connection is up (to the proxy, or to the target with --direct). */
 static void on_connected(struct worker *w, struct conn *c) {
     if (O.direct) {
@@ -386,8 +431,19 @@ static void on_connected(struct worker *w, struct conn *c) {
             conn_fail(w, c, "epoll_ctl", errno);
         return;
     }
-    if (send_all_small(w, c, g_request, g_request_len) == -1)
+    if (O.proxy_v2) {
+        unsigned char buf[PROXYV2_MAX + sizeof g_request];
+        size_t n = proxy_v2_header(c->fd, buf);
+        if (n == 0) {
+            conn_fail(w, c, "getsockname", errno);
+            return;
+        }
+        memcpy(buf + n, g_request, g_request_len);
+        if (send_all_small(w, c, buf, n + g_request_len) == -1)
+            return;
+    } else if (send_all_small(w, c, g_request, g_request_len) == -1) {
         return;
+    }
     c->st = S_READ_REPLY;
     c->hlen = 0;
     if (set_events(w, c, EPOLLIN) == -1)
@@ -710,6 +766,7 @@ static int usage(const char *why) {
             "       loadgen latency [--concurrency 1] --count N [--warmup-count W]\n"
             "       loadgen idle --tunnels N [--pid PID] [--hold S]\n"
             "  common: --proxy HOST:PORT --target HOST:PORT [--direct] [--pid PID]\n"
+            "          [--proxy-v2] (a PROXY protocol v2 header before each CONNECT)\n"
             "          [--threads T] [--warmup S] [--chunk BYTES] [--timeout S] [--label TEXT]\n"
             "  loopback addresses only (127.0.0.0/8, ::1)\n");
     return 2;
@@ -746,6 +803,10 @@ static int parse_args(int argc, char **argv) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--direct") == 0) {
             O.direct = true;
+            continue;
+        }
+        if (strcmp(a, "--proxy-v2") == 0) {
+            O.proxy_v2 = true;
             continue;
         }
         if (!v)
@@ -790,6 +851,8 @@ static int parse_args(int argc, char **argv) {
     }
     if (!target)
         return usage("--target is required");
+    if (O.proxy_v2 && O.direct)
+        return usage("--proxy-v2 is for a proxy, not with --direct");
     int r = parse_addr(target, &O.target, &O.target_len);
     if (r == 0 && !O.direct)
         r = parse_addr(proxy, &O.proxy, &O.proxy_len);
