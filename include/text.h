@@ -22,6 +22,10 @@ int text_next_item(const char **sp, char *buf, size_t bufsize);
  * bytes; NUL-terminated. */
 void text_base64(const void *in, size_t n, char *out);
 
+/* A file with secrets (a parent's credentials) must not be readable by other users. Returns 0,
+ * or -1 with "PATH: other users may read it (mode 0644): chmod o-rwx" in err. */
+int text_file_private(const char *path, char *err, size_t errlen);
+
 /* Read the whole file at path, at most max bytes, into a new buffer (*buf, NUL-terminated,
  * *len bytes before the NUL; free() it). Returns 0, or -1 with "PATH: cannot open: ...",
  * "PATH: larger than MAX bytes", "PATH: cannot read: ..." or "PATH: out of memory" in err. The

@@ -1142,8 +1142,11 @@ static int load_credentials(struct parent *pa, char *why, size_t whylen) {
     char *buf;
     size_t n;
 
-    if (text_read_file(pa->credentials_file, 4096, &buf, &n, why, whylen) != 0)
+    if (text_read_file(pa->credentials_file, 4096, &buf, &n, why, whylen) != 0 ||
+        text_file_private(pa->credentials_file, why, whylen) != 0) {
+        free(buf);
         return -1;
+    }
     size_t len = strcspn(buf, "\r\n");
     buf[len] = '\0';
     const char *colon = strchr(buf, ':');

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 void text_seterr(char *err, size_t errlen, const char *fmt, ...) {
     va_list ap;
@@ -115,4 +116,18 @@ void text_base64(const void *in, size_t n, char *out) {
         out[o++] = i + 2 < n ? abc[v & 63] : '=';
     }
     out[o] = '\0';
+}
+
+int text_file_private(const char *path, char *err, size_t errlen) {
+    struct stat st;
+    if (stat(path, &st) == -1) {
+        text_seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    if (st.st_mode & (S_IROTH | S_IWOTH)) {
+        text_seterr(err, errlen, "%s: other users may read it (mode %04o): chmod o-rwx", path,
+                    (unsigned)(st.st_mode & 07777));
+        return -1;
+    }
+    return 0;
 }

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -32,6 +33,13 @@ VIA_RE = r"1\.1 connectd-[0-9a-f]{16}"
 
 
 # ---- helpers -------------------------------------------------------------------------------------
+
+
+
+def write_private(path, text):
+    """A credentials file as connectd wants it: readable by its owner only."""
+    path.write_text(text)
+    path.chmod(0o600)
 
 
 def pump(c, data, timeout=30.0, half_close=True, want=None):
@@ -224,8 +232,8 @@ def test_tunnels_names_the_parent(start_proxy, fake_parent, echo):
 def test_parent_credentials_accepted_and_refused(start_proxy, tmp_path, echo):
     users = write_users(tmp_path / "parent-users", {"pa": make_hash("pa-secret", "$6$")})
     parent = start_proxy({"auth": {"users_file": users}})
-    (tmp_path / "good.cred").write_text("pa:pa-secret\n")
-    (tmp_path / "bad.cred").write_text("pa:not-the-password\n")
+    write_private(tmp_path / "good.cred", "pa:pa-secret\n")
+    write_private(tmp_path / "bad.cred", "pa:not-the-password\n")
     good = start_proxy(overrides(parent_section("up", f"{LOOPBACK4}:{parent.port}",
                                                 credentials_file=str(tmp_path / "good.cred")),
                                  via_over("up")))
@@ -276,7 +284,7 @@ def test_exact_request_sent_to_the_parent(start_proxy, tmp_path, fake_parent, dn
     fp = fake_parent(hold_answer=0.3)
     users = write_users(tmp_path / "child-users", {"alice": make_hash("wonderland", "$6$")})
     cred = "corp-user:p4ss w:th colon"
-    (tmp_path / "corp.cred").write_text(cred + "\n")
+    write_private(tmp_path / "corp.cred", cred + "\n")
     child = start_proxy(overrides(
         {"auth": {"users_file": users}},
         parent_section("corp", fp.address, credentials_file=str(tmp_path / "corp.cred")),
@@ -406,8 +414,8 @@ def test_squid_parent_with_basic_auth(start_proxy, squid, echo, tmp_path):
     if not os.access(SQUID_NCSA, os.X_OK):
         pytest.skip(f"{SQUID_NCSA} missing")
     sq = squid([echo.port], users={"sq-user": make_hash("sq-pass", "$6$")})
-    (tmp_path / "sq.cred").write_text("sq-user:sq-pass\n")
-    (tmp_path / "sq-bad.cred").write_text("sq-user:wrong\n")
+    write_private(tmp_path / "sq.cred", "sq-user:sq-pass\n")
+    write_private(tmp_path / "sq-bad.cred", "sq-user:wrong\n")
     good = start_proxy(overrides(parent_section("sq", sq.address,
                                                 credentials_file=str(tmp_path / "sq.cred")),
                                  via_over("sq")))
@@ -1078,6 +1086,7 @@ def test_ipv6_literal_target_through_parent(start_proxy, fake_parent):
 def test_credentials_file_with_crlf(start_proxy, tmp_path, fake_parent):
     fp = fake_parent()
     (tmp_path / "crlf.cred").write_bytes(b"win-user:win-pass\r\n")
+    (tmp_path / "crlf.cred").chmod(0o600)
     p = start_proxy(overrides(parent_section("fp", fp.address,
                                              credentials_file=str(tmp_path / "crlf.cred")),
                               via_over("fp")))
@@ -1189,7 +1198,7 @@ def line_of(text, needle, nth=1):
 
 
 def test_config_with_parents_is_valid(cli, tmp_path):
-    (tmp_path / "c.cred").write_text("u:p\n")
+    write_private(tmp_path / "c.cred", "u:p\n")
     text = BASE_INI + f"""
 [parent corp]
 address = proxy.corp.test:3128
@@ -1211,7 +1220,7 @@ via = corp, backup, direct
     "unknown_via", "no_address", "duplicate", "named_direct", "unknown_key", "bad_address",
     "bad_backoff", "missing_credentials", "credentials_without_colon", "empty_via"])
 def test_config_errors(cli, tmp_path, case):
-    (tmp_path / "nocolon.cred").write_text("justauser\n")
+    write_private(tmp_path / "nocolon.cred", "justauser\n")
     parts = {
         "unknown_via": ("[parent corp]\naddress = 127.0.0.1:3129\n\n[access]\nvia = corp, nope\n",
                         "via = corp, nope", 1,
@@ -1267,3 +1276,21 @@ def test_policy_via_errors(cli, tmp_path, policy, msg):
         assert f"{pf}{msg}" in r.err, r.err
     else:
         assert f"{path}:{line_of(text, f'policy = {pf}')}: [access] policy: {pf}: " in r.err, r.err
+
+
+def test_credentials_file_readable_by_others_is_refused(connectd_bin, tmp_path):
+    """The parent's password must not be readable by other users: connectd -t names the file."""
+    cred = tmp_path / "open.cred"
+    cred.write_text("u:p\n")
+    cred.chmod(0o644)
+    ini = tmp_path / "p.ini"
+    ini.write_text("[parent p]\naddress = 127.0.0.1:3128\ncredentials_file = open.cred\n")
+    r = subprocess.run([connectd_bin, "-t", "-c", str(ini)], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 1, r
+    assert (f"{ini}:3: [parent p] credentials_file: {cred}: other users may read it (mode 0644): "
+            "chmod o-rwx") in r.stderr, r.stderr
+    cred.chmod(0o600)
+    r = subprocess.run([connectd_bin, "-t", "-c", str(ini)], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 0, r

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -516,6 +517,7 @@ static void write_file(const char *dir, const char *name, const char *body) {
     assert_non_null(f);
     assert_int_equal(fputs(body, f) >= 0, 1);
     assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(path, 0600), 0); /* credentials files must be private */
 }
 
 static void remove_file(const char *dir, const char *name) {
@@ -721,7 +723,28 @@ static void test_admin(void **state) {
 #define DATA_INI "tests/unit/data/t.ini"
 
 /* Three parents with every key form, and [access] via naming them in order. */
+/* Credentials files must not be readable by others (config.c refuses them); git checks files
+ * out 0644, so the tests make theirs private first. */
+static void private_credentials(void) {
+    static const char *const files[] = {
+        "parent_credentials",
+        "parent_credentials_crlf",
+        "parent_credentials_empty",
+        "parent_credentials_empty_password",
+        "parent_credentials_no_colon",
+        "parent_credentials_no_user",
+        "parent_credentials_second_line",
+    };
+    char path[128];
+
+    for (size_t i = 0; i < N(files); i++) {
+        (void)snprintf(path, sizeof path, "tests/unit/data/%s", files[i]);
+        assert_int_equal(chmod(path, 0600), 0);
+    }
+}
+
 static void test_parents(void **state) {
+    private_credentials();
     struct config c;
     (void)state;
 
@@ -804,6 +827,7 @@ static void test_parents(void **state) {
 
 /* The credentials file: its first line "user:password" as a Basic header value. */
 static void test_parents_credentials(void **state) {
+    private_credentials();
     static const struct {
         const char *file, *authorization;
     } good[] = {
@@ -875,6 +899,20 @@ static void test_parents_credentials(void **state) {
 
 /* Every message of a [parent NAME] section, with its exact text. */
 static void test_parents_errors(void **state) {
+    private_credentials();
+    {
+        struct config c;
+        char err[CONFIG_ERR_MAX] = "";
+        assert_int_equal(chmod("tests/unit/data/parent_credentials", 0644), 0);
+        assert_int_equal(config_load_string("[parent p]\naddress = 192.0.2.1:3128\n"
+                                            "credentials_file = parent_credentials\n",
+                                            "tests/unit/data/t.ini", &c, err, sizeof err),
+                         -1);
+        assert_string_equal(err, "tests/unit/data/t.ini:3: [parent p] credentials_file: "
+                                 "tests/unit/data/parent_credentials: other users may read it "
+                                 "(mode 0644): chmod o-rwx");
+        private_credentials();
+    }
     static const struct {
         const char *text, *want;
     } cases[] = {
@@ -949,6 +987,7 @@ static void test_parents_errors(void **state) {
 
 /* [access] via: names resolved once every section is read. */
 static void test_parents_via(void **state) {
+    private_credentials();
     char text[256];
     (void)state;
 
@@ -970,6 +1009,7 @@ static void test_parents_via(void **state) {
 /* A rule's via: the names resolved against the ini's parents; an unknown one is reported with
  * the ini's FILE:LINE of [access] policy, the policy file and the rule. */
 static void test_parents_policy_via(void **state) {
+    private_credentials();
     struct config c;
     (void)state;
 
