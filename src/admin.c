@@ -61,6 +61,8 @@ struct admin_conn {
     struct tunnel *cursor;
     struct admin_conn *cprev, *cnext;
     unsigned long limit, listed;
+    double longest_batch; /* seconds: the longest stretch one batch held the loop */
+    unsigned batches;
     bool internal;  /* a peer worker asking for our tunnels: "limit N\n", answered in lines */
     bool gathering; /* our own tunnels are listed; now the peers' */
     bool truncated;
@@ -127,6 +129,10 @@ static void linger_cb(struct ev_loop *loop, ev_io *w, int revents) {
  * cannot turn our close into a reset that destroys the response. */
 static void finish(struct admin_conn *c) {
     struct ev_loop *loop = c->srv->loop;
+    if (c->batches) /* GET /tunnels: how long the loop was held at a time */
+        log_debug("admin: /tunnels%s: %lu tunnels in %u batches, longest %.3f ms",
+                  c->internal ? " (for another worker)" : "", c->listed, c->batches,
+                  c->longest_batch * 1e3);
     ev_io_stop(loop, &c->ww);
     if (shutdown(c->fd, SHUT_WR) == -1) {
         admin_close(c);
@@ -275,6 +281,7 @@ static void ask_next_peer(struct admin_conn *c);
 static void produce_tunnels(struct admin_conn *c) {
     struct server *srv = c->srv;
     ev_tstamp now = ev_time();
+    c->batches++;
     for (int n = 0; n < TUNNELS_BATCH && c->out.len - c->off < OUT_HIGH; n++) {
         struct tunnel *t = c->cursor;
         if (!t || c->listed >= c->limit) {
@@ -408,8 +415,13 @@ static void write_cb(struct ev_loop *loop, ev_io *w, int revents) {
     (void)loop;
     (void)revents;
     struct admin_conn *c = container_of(w, struct admin_conn, ww);
-    if (c->streaming)
+    if (c->streaming) {
+        ev_tstamp t0 = ev_time();
         produce_tunnels(c);
+        ev_tstamp took = ev_time() - t0;
+        if (took > c->longest_batch)
+            c->longest_batch = took;
+    }
     if (c->out.failed) {
         log_warn("admin: out of memory building a response");
         admin_close(c);
