@@ -12,7 +12,6 @@ their pid. Every load run is bounded in time by loadgen itself and by a timeout 
 See BENCHMARKS.md for what each figure means.
 """
 import argparse
-import ctypes
 import datetime
 import json
 import os
@@ -21,12 +20,16 @@ import pwd
 import resource
 import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # noqa: E402
+# FD_LIMIT: this machine's hard limit per process; never asked above the hard limit
+from benchlib import (FD_LIMIT, Started, cmd_out, machine_busy_s, med, port_free,  # noqa: E402
+                      wait_port, _child_setup)
 
 
 def env_int(name, default):
@@ -68,7 +71,6 @@ P_SINK, P_SOURCE, P_ECHO = PORT_BASE + 1, PORT_BASE + 2, PORT_BASE + 3
 PROXY_PORT = {"connectd": PORT_BASE + 48, "tinyproxy": PORT_BASE + 49, "squid": PORT_BASE + 50,
               "ceiling": PORT_BASE + 51}
 WARMUP_ROUND = os.environ.get("BENCH_WARMUP_ROUND", "1") == "1"
-FD_LIMIT = 20000  # this machine's hard limit per process; never asked above the hard limit
 
 for s in SYSTEMS:
     if s not in SYSTEMS_ALL:
@@ -82,111 +84,7 @@ def log(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
-# ---- child processes -------------------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def _child_setup():
-    """Raise the open-file limit to the hard limit (at most FD_LIMIT) and ask for SIGTERM if we
-    die (best effort: a daemon that changes user loses it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else FD_LIMIT
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-class Started:
-    """The processes this script started: only these are ever signalled, by pid."""
-
-    def __init__(self):
-        self.procs = {}
-
-    def start(self, name, argv, stderr_path):
-        err = open(stderr_path, "ab")
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                             preexec_fn=_child_setup, close_fds=True)
-        err.close()
-        self.procs[name] = p
-        return p
-
-    def stop(self, name, grace=8.0):
-        p = self.procs.pop(name, None)
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
-
-    def stop_all(self):
-        for name in list(self.procs):
-            self.stop(name)
-
-
-def port_free(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def wait_port(port, proc, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-# ---- CPU accounting: how busy was the machine with work that is not ours? ---------------------
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s():
-    """CPU seconds the whole machine spent in user, nice, system, irq and softirq (not idle,
-    iowait, steal). The kernel here charges softirq work done in a process's context to that
-    process too, so ours minus this is close to 0 on a quiet machine."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK
-
-
-def proc_tree(pid):
-    out, i = [pid], 0
-    while i < len(out):
-        try:
-            for tid in os.listdir(f"/proc/{out[i]}/task"):
-                with open(f"/proc/{out[i]}/task/{tid}/children") as f:
-                    out += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-        i += 1
-    return out
-
-
-def proc_cpu_s(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            v = f.read().rsplit(")", 1)[1].split()
-        return (int(v[11]) + int(v[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
+# ---- child processes, CPU accounting: in benchlib.py ------------------------------------------
 
 def children_cpu_s():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -307,8 +205,7 @@ class Bench:
 
     def our_cpu_s(self):
         """CPU seconds of the target and the proxies this script runs (with their children)."""
-        return sum(proc_cpu_s(pid) for p in self.started.procs.values() if p.poll() is None
-                   for pid in proc_tree(p.pid))
+        return self.started.cpu_s()
 
     def start_target(self, lifetime):
         p = self.started.start("target", [self.tg, "--lifetime", str(int(lifetime)),
@@ -377,20 +274,13 @@ class Bench:
         log(f"{system:9s} #{rep}: " + (" /".join(h.strip() for h in human) if human
                                        else f"(no output, rc={r.returncode})") +
             f" [other load {other:.2f} cores]")
-        try:
-            res = json.loads(r.stdout.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            self.notes.append(f"{system} {figure} #{rep}: no result (rc={r.returncode}): "
-                              f"{r.stderr.strip()[-200:]}")
+        res = benchlib.loadgen_json(r, self.notes, f"{system} {figure} #{rep}")
+        if res is None:
             return None
         res.update(system=system, figure=figure, repeat=rep, rc=r.returncode,
                    other_load_cores=round(other, 3))
         self.runs.append(res)
-        if r.returncode != 0 or res.get("errors"):
-            self.notes.append(f"{system} {figure} #{rep}: rc={r.returncode} errors="
-                              f"{res.get('errors')} first_error={res.get('first_error')!r}")
-            return None if r.returncode != 0 else res
-        return res
+        return benchlib.loadgen_checked(r, res, self.notes, f"{system} {figure} #{rep}")
 
     def add(self, row, system, value):
         if value is None or value < 0:
@@ -539,10 +429,6 @@ def fmt(v):
     return f"{v:.3f}"
 
 
-def med(vals):
-    return statistics.median(vals) if vals else None
-
-
 def cell(vals):
     if not vals:
         return "-"
@@ -624,14 +510,6 @@ def targets(values):
     return "\n".join(out)
 
 
-def cmd_out(argv):
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-        return (r.stdout + r.stderr).strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        return "?"
-
-
 def connectd_label(commit, dirty):
     binary = os.environ["CONNECTD_BIN"]
     version = cmd_out([binary, "-V"])
@@ -682,17 +560,7 @@ def machine():
 def wait_quiet():
     """Before starting: wait (at most QUIET_WAIT s) until the machine's other work stays under
     OTHER_LOAD_WARN cores for 3 s; then go on regardless, saying so."""
-    deadline = time.monotonic() + QUIET_WAIT
-    while True:
-        b0, t0 = machine_busy_s(), time.monotonic()
-        time.sleep(3)
-        busy = (machine_busy_s() - b0) / (time.monotonic() - t0)
-        if busy <= OTHER_LOAD_WARN:
-            return
-        if time.monotonic() >= deadline:
-            log(f"the machine is busy with other work ({busy:.2f} cores); going on anyway")
-            return
-        log(f"the machine is busy with other work ({busy:.2f} cores); waiting for it to calm")
+    benchlib.wait_quiet(OTHER_LOAD_WARN, QUIET_WAIT, log)
 
 
 def main():

@@ -53,7 +53,6 @@ other work took more than that is run again once, and noted if still noisy.
 Options (command line, or the environment variable in brackets): see --help.
 """
 import argparse
-import ctypes
 import datetime
 import json
 import os
@@ -64,98 +63,29 @@ import selectors
 import shutil
 import signal
 import socket
-import statistics
 import struct
 import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FD_LIMIT = 20000  # asked for only when the hard limit is unlimited
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (FD_LIMIT, ROOT, Started, add_noise_args, add_window_args,  # noqa: E402
+                      build_tools, cell, cmd_out, connectd_binary, cpu_model, env, loadgen_checked,
+                      loadgen_json, machine_busy_s, md_table, med, port_free, proc_cpu_s,
+                      proc_tree, repo_state, retry_noisy, self_and_children_cpu_s, verdict,
+                      wait_port, wait_quiet, _child_setup)
+
 SYSTEMS_ALL = ["connectd", "connectd-chain", "squid", "squid-chain"]
 FIGURES_ALL = ["handshakes", "tput_up_1"]
 CHAINS = {"connectd-chain": "connectd", "squid-chain": "squid"}
-
-
-def env(name, default):
-    return os.environ.get(name, default)
 
 
 def log(msg):
     print(f"chain-bench: {msg}", file=sys.stderr, flush=True)
 
 
-# ---- child processes (as bench.py) -------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def _child_setup():
-    """Open-file limit raised to the hard limit; SIGTERM to the child if its parent dies."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else FD_LIMIT
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-class Started:
-    """The processes this script started: only these are ever signalled, by pid."""
-
-    def __init__(self):
-        self.procs = {}
-
-    def start(self, name, argv, stderr_path, **kw):
-        err = open(stderr_path, "ab")
-        p = subprocess.Popen(argv, stdin=kw.pop("stdin", subprocess.DEVNULL),
-                             stdout=kw.pop("stdout", err), stderr=err, preexec_fn=_child_setup,
-                             close_fds=True, **kw)
-        err.close()
-        self.procs[name] = p
-        return p
-
-    def stop(self, name, grace=15.0, sig=signal.SIGTERM):
-        p = self.procs.pop(name, None)
-        if p is None or p.poll() is not None:
-            return p
-        p.send_signal(sig)
-        try:
-            p.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
-        return p
-
-    def stop_all(self):
-        for name in list(self.procs):
-            self.stop(name)
-
-
-def port_free(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def wait_port(port, proc, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
+# ---- loopback connections ----------------------------------------------------------------------
 
 def established_on(port):
     """Established IPv4 TCP sockets whose local port is `port` (/proc/net/tcp): a server's
@@ -218,98 +148,13 @@ def hold_main(spec_json):
     return rc
 
 
-# ---- CPU accounting: how busy was the machine with work that is not ours? (as bench.py) -------
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK
-
-
-def proc_tree(pid):
-    out, i = [pid], 0
-    while i < len(out):
-        try:
-            for tid in os.listdir(f"/proc/{out[i]}/task"):
-                with open(f"/proc/{out[i]}/task/{tid}/children") as f:
-                    out += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-        i += 1
-    return out
-
-
-def proc_cpu_s(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            v = f.read().rsplit(")", 1)[1].split()
-        return (int(v[11]) + int(v[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
+# ---- CPU accounting (the rest is in benchlib.py) ---------------------------------------------
 
 def tree_cpu_s(pid):
     return sum(proc_cpu_s(p) for p in proc_tree(pid))
 
 
-def self_and_children_cpu_s():
-    a = resource.getrusage(resource.RUSAGE_SELF)
-    b = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
-
-
-def wait_quiet(limit_cores, max_wait):
-    """Wait (at most max_wait s) until the machine's work stays under limit_cores for 3 s."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        b0, t0 = machine_busy_s(), time.monotonic()
-        time.sleep(3)
-        busy = (machine_busy_s() - b0) / (time.monotonic() - t0)
-        if busy <= limit_cores:
-            return busy
-        if time.monotonic() >= deadline:
-            log(f"the machine is busy with other work ({busy:.2f} cores); going on anyway")
-            return busy
-        log(f"the machine is busy with other work ({busy:.2f} cores); waiting for it to calm")
-
-
-# ---- statistics and formatting (as metrics.py) -------------------------------------------------
-
-def med(vals):
-    return statistics.median(vals) if vals else None
-
-
-def fmt(v, digits=None):
-    if v is None:
-        return "-"
-    if digits is not None:
-        return f"{v:.{digits}f}"
-    a = abs(v)
-    if a >= 100:
-        return f"{v:,.0f}"
-    if a >= 10:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    return f"{v:.3f}"
-
-
-def cell(vals):
-    if not vals:
-        return "-"
-    if len(vals) == 1:
-        return fmt(vals[0])
-    return f"{fmt(med(vals))} ({fmt(min(vals))}-{fmt(max(vals))})"
-
-
-def md_table(heads, rows):
-    out = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
-
+# ---- statistics (the rest is in benchlib.py) -------------------------------------------------
 
 def spread(vals):
     """(max - min) / median: the run's noise; None with fewer than two values."""
@@ -376,7 +221,7 @@ class Bench:
         self.tg = os.path.join(bin_dir, "target")
         self.binary = binary
         self.squid = squid
-        self.started = Started()
+        self.started = Started(grace=15.0)
         self.pids = {}  # system -> {"child"/"parent"/"proxy": pid}
         self.notes = []
         self.checks = []
@@ -594,23 +439,14 @@ never_direct allow all
             raise SystemExit("chain-bench: pp connectd exited during the checks")
 
     def our_cpu_s(self):
-        return sum(proc_cpu_s(pid) for p in self.started.procs.values() if p.poll() is None
-                   for pid in proc_tree(p.pid))
+        return self.started.cpu_s()
 
     # ---- one loadgen run, with the noise check of bench.py ----
 
     def loadgen(self, variant, figure, rep, args, timeout):
-        for attempt in range(self.a.noisy_retries + 1):
-            res = self.loadgen_once(variant, figure, rep, args, timeout)
-            if res is None or res["other_load_cores"] <= self.a.other_load:
-                break
-            if attempt < self.a.noisy_retries:
-                log(f"{variant:14s} #{rep}: other work took {res['other_load_cores']:.2f} "
-                    "cores; running it again")
-        if res is not None and res["other_load_cores"] > self.a.other_load:
-            self.notes.append(f"{variant} {figure} #{rep}: the machine was busy with other work "
-                              f"({res['other_load_cores']:.2f} cores on average)")
-        return res
+        return retry_noisy(lambda: self.loadgen_once(variant, figure, rep, args, timeout),
+                           self.a.noisy_retries, self.a.other_load, self.notes, log, variant, 14,
+                           figure, rep)
 
     def loadgen_once(self, variant, figure, rep, args, timeout):
         """variant: a system of the chain part, or plain/pp (the pp part's two listeners)."""
@@ -641,21 +477,14 @@ never_direct allow all
         human = " /".join(h.strip() for h in r.stderr.strip().splitlines())
         log(f"{variant:14s} {figure} #{rep}: {human or f'(no output, rc={r.returncode})'} "
             f"[other load {other:.2f} cores]")
-        try:
-            res = json.loads(r.stdout.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            self.notes.append(f"{variant} {figure} #{rep}: no result (rc={r.returncode}): "
-                              f"{r.stderr.strip()[-200:]}")
+        res = loadgen_json(r, self.notes, f"{variant} {figure} #{rep}")
+        if res is None:
             return None
         res.update(variant=variant, figure=figure, repeat=rep, rc=r.returncode,
                    other_load_cores=round(other, 3), proxy_v2=variant == "pp",
                    cpu_s_whole_run=each)
         self.runs.append(res)
-        if r.returncode != 0 or res.get("errors"):
-            self.notes.append(f"{variant} {figure} #{rep}: rc={r.returncode} errors="
-                              f"{res.get('errors')} first_error={res.get('first_error')!r}")
-            return None if r.returncode != 0 else res
-        return res
+        return loadgen_checked(r, res, self.notes, f"{variant} {figure} #{rep}")
 
     # ---- the parts ----
 
@@ -759,76 +588,7 @@ never_direct allow all
                 "hs_row": hs}
 
 
-# ---- building (as metrics.py; the tools as bench/run builds them) ------------------------------
-
-BENCH_CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE"]
-
-
-def build_tools(bin_dir):
-    """As bench/run: target and loadgen into build/bench, when missing or older than the source
-    (built beside and renamed into place, so a run using the old binary is not disturbed)."""
-    os.makedirs(bin_dir, exist_ok=True)
-    cc = os.environ.get("CC", "gcc")
-    for tool in ("target", "loadgen"):
-        out, src = os.path.join(bin_dir, tool), os.path.join(ROOT, "bench", f"{tool}.c")
-        if not os.path.exists(out) or os.path.getmtime(src) > os.path.getmtime(out):
-            log(f"building build/bench/{tool}")
-            tmp_out = f"{out}.chain-{os.getpid()}"
-            try:
-                subprocess.run([cc] + BENCH_CFLAGS + ["-pthread", "-o", tmp_out, src],
-                               check=True)
-                os.replace(tmp_out, out)
-            finally:
-                if os.path.exists(tmp_out):
-                    os.unlink(tmp_out)
-
-
-def build_commit(commit, tmp, tag):
-    """The binary of `commit`, built in a temporary worktree (removed again). None on failure."""
-    wt = os.path.join(tmp, f"{tag}-worktree")
-    out = os.path.join(tmp, f"connectd-{tag}")
-    try:
-        r = subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", wt, commit],
-                           capture_output=True, text=True, timeout=120)
-        if r.returncode != 0:
-            log(f"{tag}: git worktree add {commit} failed: {r.stderr.strip()[-300:]}")
-            return None, None
-        log(f"{tag}: building {commit} in {wt}")
-        r = subprocess.run(["make", "-s", "-j2", "-C", wt, "all"], capture_output=True,
-                           text=True, timeout=900)
-        if r.returncode != 0 or not os.path.exists(os.path.join(wt, "connectd")):
-            log(f"{tag}: make failed: {(r.stdout + r.stderr).strip()[-500:]}")
-            return None, None
-        shutil.copy2(os.path.join(wt, "connectd"), out)
-        desc = subprocess.run(["git", "-C", wt, "log", "-1", "--format=%h %s"],
-                              capture_output=True, text=True).stdout.strip()
-        return out, desc
-    except (OSError, subprocess.TimeoutExpired) as e:
-        log(f"{tag}: {e}")
-        return None, None
-    finally:
-        if os.path.exists(wt) or os.path.exists(os.path.join(ROOT, ".git", "worktrees",
-                                                             f"{tag}-worktree")):
-            r = subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", wt],
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                log(f"{tag}: git worktree remove {wt}: {r.stderr.strip()}")
-            shutil.rmtree(wt, ignore_errors=True)
-
-
-def cmd_out(argv):
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-        return (r.stdout + r.stderr).strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        return "?"
-
-
 # ---- the report --------------------------------------------------------------------------------
-
-def verdict(ok):
-    return "MET" if ok else "MISSED"
-
 
 def paired(rounds, row, a, b):
     """a/b within each round where both ran: drift over the run cancels out of these."""
@@ -925,12 +685,7 @@ def parse_args():
                     help="interleaved rounds of the chain part [REPEATS]")
     ap.add_argument("--pp-repeats", type=int, default=int(env("CHAIN_PP_REPEATS", 0)),
                     help="interleaved rounds of the pp part; 0 = --repeats [CHAIN_PP_REPEATS]")
-    ap.add_argument("--seconds", type=float, default=float(env("BENCH_SECONDS", 5)),
-                    help="measured window of each loadgen run [BENCH_SECONDS]")
-    ap.add_argument("--warmup", type=float, default=float(env("BENCH_WARMUP", 1)),
-                    help="warm-up before the window [BENCH_WARMUP]")
-    ap.add_argument("--concurrency", type=int, default=int(env("HANDSHAKE_CONCURRENCY", 64)),
-                    help="handshakes in flight [HANDSHAKE_CONCURRENCY]")
+    add_window_args(ap)  # --seconds, --warmup, --concurrency
     ap.add_argument("--no-warmup-round", dest="warmup_round", action="store_false",
                     default=env("BENCH_WARMUP_ROUND", "1") == "1",
                     help="skip the untimed 2 s handshake round per system [BENCH_WARMUP_ROUND=0]")
@@ -943,13 +698,7 @@ def parse_args():
     ap.add_argument("--port-base", type=int, default=int(env("BENCH_PORT_BASE", 18400)),
                     help="loopback ports used: base+1, +3, +10..12, +20..22, +30, +31 "
                          "[BENCH_PORT_BASE]")
-    ap.add_argument("--other-load", type=float, default=float(env("BENCH_OTHER_LOAD", 0.25)),
-                    help="cores of other work that make a run noisy [BENCH_OTHER_LOAD]")
-    ap.add_argument("--noisy-retries", type=int, default=int(env("BENCH_NOISY_RETRIES", 1)),
-                    help="reruns of a noisy loadgen run [BENCH_NOISY_RETRIES]")
-    ap.add_argument("--quiet-wait", type=float, default=float(env("BENCH_QUIET_WAIT", 120)),
-                    help="seconds to wait for a quiet machine before each part "
-                         "[BENCH_QUIET_WAIT]")
+    add_noise_args(ap)  # --other-load, --noisy-retries, --quiet-wait
     ap.add_argument("--results", default=env("CHAIN_RESULTS", ""),
                     help="output file (default build/bench/chain-results.txt) [CHAIN_RESULTS]")
     ap.add_argument("--squid", default=env("SQUID", ""),
@@ -999,26 +748,9 @@ def main():
 
     # Build first (the ports are checked after: make can take a while).
     tmp = tempfile.mkdtemp(prefix="connectd-chain-bench-")
-    binary, built = a.connectd_bin, ""
-    if binary:
-        built = "given"
-    elif a.connectd_commit:
-        binary, desc = build_commit(a.connectd_commit, tmp, "head")
-        if not binary:
-            shutil.rmtree(tmp, ignore_errors=True)
-            sys.exit(f"chain-bench: could not build {a.connectd_commit}")
-        built = f"clean build of {desc}"
-    else:
-        log("building connectd (make)")
-        r = subprocess.run(["make", "-s", "-C", ROOT, "all"])
-        if r.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            sys.exit("chain-bench: make failed (the work tree may be mid-edit: "
-                     "--connectd-commit HEAD builds a clean copy of HEAD instead)")
-        binary = os.path.join(ROOT, "connectd")
-        built = "make in the work tree"
+    binary, built = connectd_binary(a.connectd_bin, a.connectd_commit, tmp, "chain-bench", log)
     binary = os.path.abspath(binary)
-    build_tools(bin_dir)
+    build_tools(bin_dir, log, beside="chain")
     b = Bench(a, tmp, bin_dir, binary, squid)
     busy = [p for p in b.ports() if not port_free(p)]
     if busy:
@@ -1033,10 +765,7 @@ def main():
 
     signal.signal(signal.SIGTERM, on_term)
     t_start = time.monotonic()
-    commit = cmd_out(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no",
-                            "src", "include"], capture_output=True, text=True).stdout.split("\n")
-    dirty = [d.strip() for d in dirty if d.strip()]
+    commit, dirty = repo_state()
     chain = pp = None
     quiet = {}
     fatal = None
@@ -1044,11 +773,11 @@ def main():
         b.start_target(lifetime=3600)
         if "chain" in parts and systems:
             log(f"== part 1: chain ({', '.join(systems)})")
-            quiet["chain"] = wait_quiet(a.other_load, a.quiet_wait)
+            quiet["chain"] = wait_quiet(a.other_load, a.quiet_wait, log)
             chain = b.part_chain(systems, figures)
         if "pp" in parts:
             log("== part 2: PROXY protocol on vs off")
-            quiet["pp"] = wait_quiet(a.other_load, a.quiet_wait)
+            quiet["pp"] = wait_quiet(a.other_load, a.quiet_wait, log)
             pp = b.part_pp()
     except KeyboardInterrupt:
         log("interrupted: stopping what this run started")
@@ -1061,13 +790,7 @@ def main():
         b.started.stop_all()
     took = time.monotonic() - t_start
 
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                         "?")
-    except OSError:
-        pass
+    model = cpu_model()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = [f"# connectd through a parent, and the PROXY protocol, {now}", "",

@@ -45,7 +45,6 @@ worktree are removed at the end.
 Options (command line, or the environment variable in brackets): see --help.
 """
 import argparse
-import ctypes
 import datetime
 import json
 import math
@@ -57,128 +56,25 @@ import selectors
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FD_LIMIT = 20000  # asked for only when the hard limit is unlimited
-
-
-def env(name, default):
-    return os.environ.get(name, default)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (ROOT, Started, add_noise_args, add_window_args, build_commit,  # noqa: E402
+                      build_tools, cell, cmd_out, connectd_binary, cpu_model, env, fmt,
+                      loadgen_checked, loadgen_json, machine_busy_s, md_table, med, port_free,
+                      proc_tree, repo_state, retry_noisy, self_and_children_cpu_s, verdict,
+                      wait_port, wait_quiet, _child_setup)
 
 
 def log(msg):
     print(f"metrics-bench: {msg}", file=sys.stderr, flush=True)
 
 
-# ---- child processes (as bench.py) -------------------------------------------------------------
-
-_libc = ctypes.CDLL(None, use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def _child_setup():
-    """Open-file limit raised to the hard limit; SIGTERM to the child if this script dies."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else FD_LIMIT
-    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-class Started:
-    """The processes this script started: only these are ever signalled, by pid."""
-
-    def __init__(self):
-        self.procs = {}
-
-    def start(self, name, argv, stderr_path, **kw):
-        err = open(stderr_path, "ab")
-        p = subprocess.Popen(argv, stdin=kw.pop("stdin", subprocess.DEVNULL),
-                             stdout=kw.pop("stdout", err), stderr=err, preexec_fn=_child_setup,
-                             close_fds=True, **kw)
-        err.close()
-        self.procs[name] = p
-        return p
-
-    def stop(self, name, grace=8.0, sig=signal.SIGTERM):
-        p = self.procs.pop(name, None)
-        if p is None or p.poll() is not None:
-            return p
-        p.send_signal(sig)
-        try:
-            p.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
-        return p
-
-    def stop_all(self):
-        for name in list(self.procs):
-            self.stop(name)
-
-
-def port_free(port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", port))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def wait_port(port, proc, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-# ---- CPU accounting: how busy was the machine with work that is not ours? (as bench.py) -------
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s():
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK
-
-
-def proc_tree(pid):
-    out, i = [pid], 0
-    while i < len(out):
-        try:
-            for tid in os.listdir(f"/proc/{out[i]}/task"):
-                with open(f"/proc/{out[i]}/task/{tid}/children") as f:
-                    out += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-        i += 1
-    return out
-
-
-def proc_cpu_s(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            v = f.read().rsplit(")", 1)[1].split()
-        return (int(v[11]) + int(v[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
+# ---- CPU accounting (the rest is in benchlib.py) ---------------------------------------------
 
 def schedstat(pids):
     """{pid: (ns on a CPU, ns waiting on a run queue)} summed over each process's threads."""
@@ -195,28 +91,6 @@ def schedstat(pids):
             continue
         out[pid] = (run, wait)
     return out
-
-
-def self_and_children_cpu_s():
-    """This process (the scraper thread, the HTTP clients) and its waited-for children."""
-    a = resource.getrusage(resource.RUSAGE_SELF)
-    b = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
-
-
-def wait_quiet(limit_cores, max_wait):
-    """Wait (at most max_wait s) until the machine's work stays under limit_cores for 3 s."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        b0, t0 = machine_busy_s(), time.monotonic()
-        time.sleep(3)
-        busy = (machine_busy_s() - b0) / (time.monotonic() - t0)
-        if busy <= limit_cores:
-            return busy
-        if time.monotonic() >= deadline:
-            log(f"the machine is busy with other work ({busy:.2f} cores); going on anyway")
-            return busy
-        log(f"the machine is busy with other work ({busy:.2f} cores); waiting for it to calm")
 
 
 # ---- small HTTP client (a new connection each, as Prometheus without keep-alive) --------------
@@ -299,39 +173,6 @@ def pct(vals, p):
         return None
     s = sorted(vals)
     return s[max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))]
-
-
-def med(vals):
-    return statistics.median(vals) if vals else None
-
-
-def fmt(v, digits=None):
-    if v is None:
-        return "-"
-    if digits is not None:
-        return f"{v:.{digits}f}"
-    a = abs(v)
-    if a >= 100:
-        return f"{v:,.0f}"
-    if a >= 10:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    return f"{v:.3f}"
-
-
-def cell(vals):
-    if not vals:
-        return "-"
-    if len(vals) == 1:
-        return fmt(vals[0])
-    return f"{fmt(med(vals))} ({fmt(min(vals))}-{fmt(max(vals))})"
-
-
-def md_table(heads, rows):
-    out = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 # ---- the probe (run as a child: python3 metrics.py --probe ...) --------------------------------
@@ -505,23 +346,15 @@ access_log = off
         return p
 
     def our_cpu_s(self):
-        return sum(proc_cpu_s(pid) for p in self.started.procs.values() if p.poll() is None
-                   for pid in proc_tree(p.pid))
+        return self.started.cpu_s()
 
     # ---- one loadgen run, with the noise check of bench.py ----
 
     def loadgen(self, variant, figure, rep, args, timeout, scrape_port=None):
-        for attempt in range(self.a.noisy_retries + 1):
-            res = self.loadgen_once(variant, figure, rep, args, timeout, scrape_port)
-            if res is None or res["other_load_cores"] <= self.a.other_load:
-                break
-            if attempt < self.a.noisy_retries:
-                log(f"{variant:4s} #{rep}: other work took {res['other_load_cores']:.2f} cores; "
-                    "running it again")
-        if res is not None and res["other_load_cores"] > self.a.other_load:
-            self.notes.append(f"{variant} {figure} #{rep}: the machine was busy with other work "
-                              f"({res['other_load_cores']:.2f} cores on average)")
-        return res
+        return retry_noisy(lambda: self.loadgen_once(variant, figure, rep, args, timeout,
+                                                     scrape_port),
+                           self.a.noisy_retries, self.a.other_load, self.notes, log, variant, 4,
+                           figure, rep)
 
     def loadgen_once(self, variant, figure, rep, args, timeout, scrape_port):
         proc = self.started.procs[variant]
@@ -555,11 +388,8 @@ access_log = off
                      f"median {fmt(med(scraper.ms))} ms]")
         log(f"{variant:4s} {figure} #{rep}: {human or f'(no output, rc={r.returncode})'} "
             f"[other load {other:.2f} cores]{extra}")
-        try:
-            res = json.loads(r.stdout.strip().splitlines()[-1])
-        except (IndexError, ValueError):
-            self.notes.append(f"{variant} {figure} #{rep}: no result (rc={r.returncode}): "
-                              f"{r.stderr.strip()[-200:]}")
+        res = loadgen_json(r, self.notes, f"{variant} {figure} #{rep}")
+        if res is None:
             return None
         res.update(variant=variant, figure=figure, repeat=rep, rc=r.returncode,
                    other_load_cores=round(other, 3))
@@ -570,11 +400,7 @@ access_log = off
                 self.notes.append(f"on {figure} #{rep}: scrapes {scraper.ok} ok, "
                                   f"{scraper.bad} failed")
         self.raw["onoff"].append(res)
-        if r.returncode != 0 or res.get("errors"):
-            self.notes.append(f"{variant} {figure} #{rep}: rc={r.returncode} errors="
-                              f"{res.get('errors')} first_error={res.get('first_error')!r}")
-            return None if r.returncode != 0 else res
-        return res
+        return loadgen_checked(r, res, self.notes, f"{variant} {figure} #{rep}")
 
     # ---- part 1: on vs off (vs base) ----
 
@@ -911,68 +737,7 @@ access_log = off
         return out
 
 
-# ---- building ----------------------------------------------------------------------------------
-
-BENCH_CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE"]
-
-
-def build_tools(bin_dir):
-    """As bench/run: target and loadgen into build/bench, when missing or older than the source."""
-    os.makedirs(bin_dir, exist_ok=True)
-    cc = os.environ.get("CC", "gcc")
-    for tool in ("target", "loadgen"):
-        out, src = os.path.join(bin_dir, tool), os.path.join(ROOT, "bench", f"{tool}.c")
-        if not os.path.exists(out) or os.path.getmtime(src) > os.path.getmtime(out):
-            log(f"building build/bench/{tool}")
-            subprocess.run([cc] + BENCH_CFLAGS + ["-pthread", "-o", out, src], check=True)
-
-
-def build_commit(commit, tmp, tag):
-    """The binary of `commit`, built in a temporary worktree (removed again). None on failure."""
-    wt = os.path.join(tmp, f"{tag}-worktree")
-    out = os.path.join(tmp, f"connectd-{tag}")
-    try:
-        r = subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", wt, commit],
-                           capture_output=True, text=True, timeout=120)
-        if r.returncode != 0:
-            log(f"{tag}: git worktree add {commit} failed: {r.stderr.strip()[-300:]}")
-            return None, None
-        log(f"{tag}: building {commit} in {wt}")
-        r = subprocess.run(["make", "-s", "-j2", "-C", wt, "all"], capture_output=True,
-                           text=True, timeout=900)
-        if r.returncode != 0 or not os.path.exists(os.path.join(wt, "connectd")):
-            log(f"{tag}: make failed: {(r.stdout + r.stderr).strip()[-500:]}")
-            return None, None
-        shutil.copy2(os.path.join(wt, "connectd"), out)
-        desc = subprocess.run(["git", "-C", wt, "log", "-1", "--format=%h %s"],
-                              capture_output=True, text=True).stdout.strip()
-        return out, desc
-    except (OSError, subprocess.TimeoutExpired) as e:
-        log(f"{tag}: {e}")
-        return None, None
-    finally:
-        if os.path.exists(wt) or os.path.exists(os.path.join(ROOT, ".git", "worktrees",
-                                                             f"{tag}-worktree")):
-            r = subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", wt],
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                log(f"{tag}: git worktree remove {wt}: {r.stderr.strip()}")
-            shutil.rmtree(wt, ignore_errors=True)
-
-
-def cmd_out(argv):
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-        return (r.stdout + r.stderr).strip().splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        return "?"
-
-
 # ---- the report --------------------------------------------------------------------------------
-
-def verdict(ok):
-    return "MET" if ok else "MISSED"
-
 
 def report_onoff(r, base_desc):
     if not r:
@@ -1109,12 +874,7 @@ def parse_args():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--repeats", type=int, default=int(env("REPEATS", 5)),
                     help="onoff: interleaved rounds [REPEATS]")
-    ap.add_argument("--seconds", type=float, default=float(env("BENCH_SECONDS", 5)),
-                    help="measured window of each loadgen run [BENCH_SECONDS]")
-    ap.add_argument("--warmup", type=float, default=float(env("BENCH_WARMUP", 1)),
-                    help="warm-up before the window [BENCH_WARMUP]")
-    ap.add_argument("--concurrency", type=int, default=int(env("HANDSHAKE_CONCURRENCY", 64)),
-                    help="handshakes in flight [HANDSHAKE_CONCURRENCY]")
+    add_window_args(ap)  # --seconds, --warmup, --concurrency
     ap.add_argument("--tunnels", type=int, default=int(env("METRICS_TUNNELS", 10000)),
                     help="idle tunnels with workers = 2 [METRICS_TUNNELS]")
     ap.add_argument("--tunnels-w1", type=int, default=int(env("METRICS_TUNNELS_W1", 9000)),
@@ -1141,13 +901,7 @@ def parse_args():
     ap.add_argument("--port-base", type=int, default=int(env("BENCH_PORT_BASE", 18300)),
                     help="loopback ports used: base+1, +3, +10..12, +21, +30, +31, +40, +41 "
                          "[BENCH_PORT_BASE]")
-    ap.add_argument("--other-load", type=float, default=float(env("BENCH_OTHER_LOAD", 0.25)),
-                    help="cores of other work that make a run noisy [BENCH_OTHER_LOAD]")
-    ap.add_argument("--noisy-retries", type=int, default=int(env("BENCH_NOISY_RETRIES", 1)),
-                    help="reruns of a noisy loadgen run [BENCH_NOISY_RETRIES]")
-    ap.add_argument("--quiet-wait", type=float, default=float(env("BENCH_QUIET_WAIT", 120)),
-                    help="seconds to wait for a quiet machine before each part "
-                         "[BENCH_QUIET_WAIT]")
+    add_noise_args(ap)  # --other-load, --noisy-retries, --quiet-wait
     ap.add_argument("--results", default=env("METRICS_RESULTS", ""),
                     help="output file (default build/bench/metrics-results.txt) "
                          "[METRICS_RESULTS]")
@@ -1194,25 +948,8 @@ def main():
 
     # Build first (the ports are checked after: make can take a while).
     tmp = tempfile.mkdtemp(prefix="connectd-metrics-bench-")
-    binary, built = a.connectd_bin, ""
-    if binary:
-        built = "given"
-    elif a.connectd_commit:
-        binary, desc = build_commit(a.connectd_commit, tmp, "head")
-        if not binary:
-            shutil.rmtree(tmp, ignore_errors=True)
-            sys.exit(f"metrics-bench: could not build {a.connectd_commit}")
-        built = f"clean build of {desc}"
-    else:
-        log("building connectd (make)")
-        r = subprocess.run(["make", "-s", "-C", ROOT, "all"])
-        if r.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            sys.exit("metrics-bench: make failed (the work tree may be mid-edit: "
-                     "--connectd-commit HEAD builds a clean copy of HEAD instead)")
-        binary = os.path.join(ROOT, "connectd")
-        built = "make in the work tree"
-    build_tools(bin_dir)
+    binary, built = connectd_binary(a.connectd_bin, a.connectd_commit, tmp, "metrics-bench", log)
+    build_tools(bin_dir, log)
     b = Bench(a, tmp, bin_dir)
     ports = [b.P_SINK, b.P_ECHO] + list(b.PORTS.values()) + list(b.ADMIN.values())
     busy = [p for p in ports if not port_free(p)]
@@ -1228,34 +965,31 @@ def main():
 
     signal.signal(signal.SIGTERM, on_term)
     t_start = time.monotonic()
-    commit = cmd_out(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no",
-                            "src", "include"], capture_output=True, text=True).stdout.split("\n")
-    dirty = [d.strip() for d in dirty if d.strip()]
+    commit, dirty = repo_state()
     base_bin = base_desc = None
     onoff = None
     scr, tun = [], []
     try:
         if "onoff" in parts and a.base_commit:
-            base_bin, base_desc = build_commit(a.base_commit, tmp, "base")
+            base_bin, base_desc = build_commit(a.base_commit, tmp, "base", log)
             if not base_bin:
                 log("skipping the base column")
                 b.notes.append(f"base ({a.base_commit}): could not be built; column skipped")
         b.start_target(lifetime=3600)
         if "onoff" in parts:
             log("== part 1: on vs off" + (" vs base" if base_bin else ""))
-            wait_quiet(a.other_load, a.quiet_wait)
+            wait_quiet(a.other_load, a.quiet_wait, log)
             onoff = b.part_onoff(binary, base_bin)
         load_parts = [p for p in parts if p in ("scrape", "tunnels")]
         if load_parts and a.tunnels:
             log(f"== parts 2-3: workers = 2, {a.tunnels} idle tunnels")
-            wait_quiet(a.other_load, a.quiet_wait)
+            wait_quiet(a.other_load, a.quiet_wait, log)
             r = b.part_load(binary, "w2", 2, a.tunnels, load_parts)
             scr += r["scrape"]
             tun += r["tunnels"]
         if load_parts and a.tunnels_w1:
             log(f"== parts 2-3: workers = 1, {a.tunnels_w1} idle tunnels")
-            wait_quiet(a.other_load, a.quiet_wait)
+            wait_quiet(a.other_load, a.quiet_wait, log)
             r = b.part_load(binary, "w1", 1, a.tunnels_w1, load_parts)
             scr += [x for x in r["scrape"] if x["tunnels_expected"]]
             tun += r["tunnels"]
@@ -1265,13 +999,7 @@ def main():
         b.started.stop_all()
     took = time.monotonic() - t_start
 
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                         "?")
-    except OSError:
-        pass
+    model = cpu_model()
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = [f"# connectd metrics benchmark, {now}", "",
             f"- connectd: {cmd_out([binary, '-V'])} ({built}; the repository's HEAD is {commit}"
