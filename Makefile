@@ -22,14 +22,15 @@ CPPFLAGS_ALL := -D_GNU_SOURCE -Iinclude $(shell pkg-config --cflags-only-I inih 
 OPT    ?= -O2 -g
 CFLAGS_ALL  = $(OPT) $(WARN) $(HARDEN) $(CFLAGS)
 LDFLAGS_ALL = -pie -Wl,-z,relro,-z,now $(LDFLAGS)
-LIBS   := -lev -linih -lcares -lyaml -lcrypt -lsystemd -ljansson -lpthread -lm
+LIBS   := -lev -linih -lcares -lyaml -lcrypt -lsystemd -ljansson -lssl -lcrypto -lpthread -lm
 
 PURE_SRC := src/http.c src/config.c src/policy.c src/addr.c src/buf.c src/clients.c src/text.c \
-            src/rules.c src/policy_yaml.c src/auth.c src/sha256.c src/admin_http.c src/obuf.c \
+            src/rules.c src/policy_yaml.c src/auth.c src/admin_http.c src/obuf.c \
             src/proxy_proto.c
 IO_SRC   := src/main.c src/server.c src/master.c src/net.c src/listener.c src/dns.c src/tunnel.c \
-            src/relay.c src/log.c src/auth_service.c src/loopguard.c \
-            src/passwd.c src/privdrop.c src/generation.c src/stats.c src/metrics.c src/admin.c
+            src/request.c src/dial.c src/relay.c src/log.c src/auth_service.c src/loopguard.c \
+            src/passwd.c src/privdrop.c src/generation.c src/stats.c src/metrics.c src/admin.c src/tls.c \
+            src/transport.c
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
 # BUILD is the object directory; the sanitizer build uses its own.
@@ -57,7 +58,7 @@ $(BUILD)/%.o: %.c
 $(BUILD)/tests/%: tests/unit/%.c $(PURE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS_ALL) $(CPPFLAGS) $(CFLAGS_ALL) -Wno-missing-prototypes $(LDFLAGS_ALL) \
-	    -o $@ $< $(PURE_OBJ) -linih -lyaml -lcrypt -lcmocka -lm
+	    -o $@ $< $(PURE_OBJ) -linih -lyaml -lcrypt -lcrypto -lcmocka -lm
 
 -include $(PURE_OBJ:.o=.d) $(IO_OBJ:.o=.d)
 
@@ -148,7 +149,7 @@ $(FUZZ_DIR)/%.o: %.c
 $(FUZZ_BIN): $(FUZZ_DIR)/%: tests/fuzz/%.c $(FUZZ_OBJ)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(CPPFLAGS_ALL) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -MMD -MP \
-	    -MF $@.d -MT $@ $(FUZZ_LDFLAGS_$(notdir $@)) -o $@ $< $(FUZZ_OBJ) -linih -lyaml -lcrypt -lm
+	    -MF $@.d -MT $@ $(FUZZ_LDFLAGS_$(notdir $@)) -o $@ $< $(FUZZ_OBJ) -linih -lyaml -lcrypt -lcrypto -lm
 
 -include $(FUZZ_OBJ:.o=.d) $(FUZZ_BIN:=.d)
 

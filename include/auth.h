@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "sha256.h"
+#define AUTH_KEY_LEN 32 /* bytes of a credential cache key (HMAC-SHA-256) */
 
 #define AUTH_USER_MAX 64  /* bytes of a user name */
 #define AUTH_PASS_MAX 256 /* bytes of a password */
@@ -60,11 +60,13 @@ const char *auth_dummy_hash(const struct auth_users *u);
 struct auth_cache;
 struct auth_cache *auth_cache_new(size_t max, double ttl, const uint8_t secret[32]);
 void auth_cache_free(struct auth_cache *c);
-void auth_cache_key(const struct auth_cache *c, const char *value, size_t len,
-                    uint8_t key[SHA256_LEN]);
+/* The cache key of a Proxy-Authorization value: HMAC-SHA-256 under the cache's secret, so the
+ * cache never holds a credential. 0, or -1 when libcrypto fails (then do not use the cache). */
+int auth_cache_key(const struct auth_cache *c, const char *value, size_t len,
+                   uint8_t key[AUTH_KEY_LEN]);
 /* Returns the user index, or -1 when absent or expired. */
-long auth_cache_get(struct auth_cache *c, const uint8_t key[SHA256_LEN], double now);
-void auth_cache_put(struct auth_cache *c, const uint8_t key[SHA256_LEN], size_t user, double now);
+long auth_cache_get(struct auth_cache *c, const uint8_t key[AUTH_KEY_LEN], double now);
+void auth_cache_put(struct auth_cache *c, const uint8_t key[AUTH_KEY_LEN], size_t user, double now);
 size_t auth_cache_size(const struct auth_cache *c);
 
 /* Failed attempts per client address (IPv4-mapped as IPv4), bounded, forgotten after

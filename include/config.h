@@ -33,6 +33,23 @@ struct listen_addr {
     socklen_t len;
     bool admin; /* an [admin] listen address: metrics, health, live tunnels; never tunnels */
     bool proxy_protocol; /* "proxy-protocol": clients arrive behind a PROXY v1/v2 header */
+    bool tls;            /* "tls": clients speak TLS to us first (an HTTPS proxy) */
+};
+
+/* [tls]: what a "tls" listener presents. The files are read with the config (before the
+ * privilege drop); tls.c turns them into an OpenSSL context and checks they belong together. */
+struct tls_config {
+    char *certificate;                   /* PEM: the certificate, then its intermediates */
+    char *key;                           /* PEM private key */
+    char *ocsp_staple;                   /* DER OCSP response to staple; NULL = none */
+    char *cert_pem, *key_pem, *ocsp_der; /* their contents */
+    size_t cert_pem_len, key_pem_len, ocsp_der_len;
+    bool key_unreadable; /* key exists but we may not read it (a reload after the drop) */
+    int min_version;     /* 12 or 13 */
+    char alpn[64];       /* wire format: length-prefixed protocol names */
+    size_t alpn_len;
+    bool session_tickets; /* stateless resumption */
+    int line;             /* the [tls] section's first line, for messages; 0 = no section */
 };
 
 /* [parent NAME]: a proxy to send tunnels through (it gets connectd's own CONNECT). */
@@ -95,6 +112,9 @@ struct config {
     char *access_log; /* "stderr", "off", or a path */
     /* [admin] */
     struct admin_config admin;
+    /* [tls] */
+    struct tls_config tls;
+    bool has_tls_listener; /* some [server] listen address has the "tls" option */
     /* [parent NAME] sections, and [access] via: the default route (VIA_DIRECT or indexes) */
     struct parent *parents;
     size_t nparents;
@@ -119,6 +139,11 @@ int config_load_string(const char *text, const char *name, struct config *c, cha
                        size_t errlen);
 
 void config_free(struct config *c);
+
+/* A reload running without the rights to read [tls] key (the daemon dropped root): when the
+ * path is the one old was loaded from, take old's copy of the key. Returns 1 when it did, 0 when
+ * there was nothing to do, -1 when out of memory. */
+int config_keep_tls_key(struct config *c, const struct config *old);
 
 /* Parse "250ms", "10s", "5m", "1h" (a unit is required; "0" alone is allowed and means zero).
  * Returns 0 and sets *seconds, or -1. */

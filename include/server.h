@@ -26,6 +26,7 @@ struct gen {
     struct dns *dns;
     struct auth_service *auth; /* NULL without [auth] users_file */
     double *parent_down;       /* per [parent NAME]: skipped until this ev_now() (back-off) */
+    struct tls_ctx *tls;       /* from [tls]; NULL without a certificate */
     unsigned refs;
 };
 

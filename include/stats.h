@@ -53,6 +53,9 @@ enum stat_counter {
     C_PROXY_BAD,             /* malformed, truncated or late PROXY headers: closed */
     C_PROXY_DENIED,          /* connections to a proxy-protocol listener from outside
                                 proxy_protocol_from: closed unheard */
+    C_TLS_FULL,              /* TLS handshakes completed with a new session */
+    C_TLS_RESUMED,           /* TLS handshakes that resumed a session (ticket) */
+    C_TLS_FAILED,            /* TLS handshakes that failed or timed out */
     C_N
 };
 

@@ -1,5 +1,7 @@
 /* tunnel: one client connection from accept to close, and the relay that moves its bytes.
- * tunnel.c owns the handshake state machine; relay.c pumps bytes once the tunnel is up. */
+ * tunnel.c: its life (accept, TLS and PROXY header, timer, refusals, the one close); request.c:
+ * reading and judging the request; dial.c: the way to the destination (DNS, Happy Eyeballs,
+ * parents); relay.c: bytes both ways once it is up; transport.h: what the client side is. */
 #ifndef CONNECTD_TUNNEL_H
 #define CONNECTD_TUNNEL_H
 
@@ -25,6 +27,7 @@ enum tunnel_state {
     TUNNEL_LINGER,           /* refusal sent; reading and discarding until the client closes */
     TUNNEL_READ_PROXY,       /* reading the load balancer's PROXY header ("proxy-protocol") */
     TUNNEL_PARENT,           /* our CONNECT sent to a parent proxy; waiting for its answer */
+    TUNNEL_TLS_HANDSHAKE,    /* a "tls" listener's client: TLS handshake before the request */
     TUNNEL_CLOSED,
 };
 
@@ -39,6 +42,11 @@ struct endpoint {
     bool eof;       /* read returned 0: nothing more will come from this side */
     bool shut;      /* we called shutdown(SHUT_WR) on this side */
     bool bulk;      /* bytes from this side go through splice(2) */
+    bool copy_only; /* bytes from this side may not be spliced (one end is a TLS session) */
+    /* The transport (transport.h): NULL is a plain socket; else a TLS session on fd. */
+    struct tls_conn *tls;
+    bool ktls_tx;          /* the kernel encrypts what we send on fd: write plain bytes */
+    bool read_wants_write; /* a TLS read is waiting for fd to be writable */
     struct endpoint *peer;
     struct tunnel *t;
 };
@@ -67,6 +75,9 @@ struct tunnel {
     bool counted;                /* counts against max_connections */
     bool pac;                    /* answered GET /proxy.pac instead of tunnelling */
     bool stall_watch;            /* the timer is checking a stalled relay every STALL_CHECK s */
+    bool tls;                    /* from a "tls" listener: the client speaks TLS */
+    bool tls_ready;              /* its TLS handshake is done: answers go inside TLS */
+    const char *tls_version;     /* "TLSv1.3" (a static string) once tls_ready */
     struct client_entry *ce;     /* per-client accounting, NULL when not limited */
 };
 
@@ -76,8 +87,10 @@ extern char tunnel_via_name[40];
 void tunnel_set_via_name(const char *id);
 
 /* Take ownership of a freshly accepted, non-blocking client socket. proxy_protocol: it comes
- * from a "proxy-protocol" listener, so a PROXY header precedes the request. */
-void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer, bool proxy_protocol);
+ * from a "proxy-protocol" listener, so a PROXY header precedes the request; tls: from a "tls"
+ * listener, so the client speaks TLS (after the PROXY header, if any). */
+void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer, bool proxy_protocol,
+                   bool tls);
 
 /* The one way a tunnel ends: stop watchers, cancel DNS, close fds, write the access-log line,
  * unlink and queue the object for freeing after the current callbacks return. */

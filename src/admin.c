@@ -190,6 +190,8 @@ static const char *state_name(enum tunnel_state s) {
         return "proxy-header";
     case TUNNEL_PARENT:
         return "parent";
+    case TUNNEL_TLS_HANDSHAKE:
+        return "tls-handshake";
     case TUNNEL_CLOSED:
         return "closed";
     }
@@ -228,6 +230,7 @@ static json_t *tunnel_json(const struct tunnel *t, ev_tstamp now, unsigned worke
     json_object_set_new(o, "bytes_down", json_integer((json_int_t)down));
     json_object_set_new(o, "rule", jstr(t->rule));
     json_object_set_new(o, "parent", t->parent ? json_string(t->parent->name) : json_null());
+    json_object_set_new(o, "tls", t->tls_version ? json_string(t->tls_version) : json_null());
     if (t->balancer.sa.sa_family != 0) {
         char lb[ADDR_TEXT_MAX];
         addr_format(&t->balancer.sa, true, lb, sizeof lb);

@@ -14,6 +14,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
 #include "text.h"
 
 #define USERS_FILE_MAX ((size_t)16 * 1024 * 1024)
@@ -521,7 +524,7 @@ const char *auth_dummy_hash(const struct auth_users *u) {
 #define NIL UINT32_MAX
 
 struct slot {
-    uint8_t key[SHA256_LEN];
+    uint8_t key[AUTH_KEY_LEN];
     double t;
     size_t val;
     uint32_t hnext;        /* hash chain; free list when unused */
@@ -667,7 +670,7 @@ struct auth_cache *auth_cache_new(size_t max, double ttl, const uint8_t secret[3
 
     if (!c)
         return NULL;
-    if (table_init(&c->t, max, SHA256_LEN) != 0) {
+    if (table_init(&c->t, max, AUTH_KEY_LEN) != 0) {
         free(c);
         return NULL;
     }
@@ -684,17 +687,18 @@ void auth_cache_free(struct auth_cache *c) {
     free(c);
 }
 
-void auth_cache_key(const struct auth_cache *c, const char *value, size_t len,
-                    uint8_t key[SHA256_LEN]) {
-    struct sha256 s;
+int auth_cache_key(const struct auth_cache *c, const char *value, size_t len,
+                   uint8_t key[AUTH_KEY_LEN]) {
+    unsigned int n = 0;
 
-    sha256_init(&s);
-    sha256_update(&s, c->secret, sizeof c->secret);
-    sha256_update(&s, value, len);
-    sha256_final(&s, key);
+    if (!HMAC(EVP_sha256(), c->secret, (int)sizeof c->secret, (const unsigned char *)value, len,
+              key, &n) ||
+        n != AUTH_KEY_LEN)
+        return -1;
+    return 0;
 }
 
-long auth_cache_get(struct auth_cache *c, const uint8_t key[SHA256_LEN], double now) {
+long auth_cache_get(struct auth_cache *c, const uint8_t key[AUTH_KEY_LEN], double now) {
     uint32_t i = table_find(&c->t, key);
 
     if (i == NIL)
@@ -707,7 +711,8 @@ long auth_cache_get(struct auth_cache *c, const uint8_t key[SHA256_LEN], double 
     return (long)c->t.s[i].val;
 }
 
-void auth_cache_put(struct auth_cache *c, const uint8_t key[SHA256_LEN], size_t user, double now) {
+void auth_cache_put(struct auth_cache *c, const uint8_t key[AUTH_KEY_LEN], size_t user,
+                    double now) {
     uint32_t i;
 
     table_prune(&c->t, now, c->ttl);

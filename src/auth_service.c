@@ -45,7 +45,7 @@ struct auth_job {
     /* loop thread only */
     struct auth_job *iprev, *inext; /* jobs in flight (queued, running or done, not drained) */
     struct auth_wait *waiters;
-    uint8_t key[SHA256_LEN];
+    uint8_t key[AUTH_KEY_LEN];
     /* the queue or the done list, under mu */
     struct auth_job *qnext;
     /* input: the worker's from queueing until it puts the job on the done list */
@@ -160,7 +160,7 @@ static void inflight_remove(struct auth_service *s, struct auth_job *job) {
 
 static struct auth_job *inflight_find(const struct auth_service *s, const uint8_t *key) {
     for (struct auth_job *j = s->inflight; j; j = j->inext) {
-        if (auth_ct_equal(j->key, key, SHA256_LEN))
+        if (auth_ct_equal(j->key, key, AUTH_KEY_LEN))
             return j;
     }
     return NULL;
@@ -352,7 +352,7 @@ enum auth_result auth_service_check(struct auth_service *s, const char *value, s
                                     const char **user, auth_done_fn cb, void *arg,
                                     struct auth_wait **wait) {
     char name[AUTH_USER_MAX + 1], pass[AUTH_PASS_MAX + 1];
-    uint8_t key[SHA256_LEN];
+    uint8_t key[AUTH_KEY_LEN];
     struct auth_job *job, *fresh = NULL;
     struct auth_wait *w;
     enum auth_result res;
@@ -365,7 +365,10 @@ enum auth_result auth_service_check(struct auth_service *s, const char *value, s
         res = AUTH_MISSING;
         goto out;
     }
-    auth_cache_key(s->cache, value, len, key);
+    if (auth_cache_key(s->cache, value, len, key) != 0) {
+        res = AUTH_BUSY; /* libcrypto out of memory: no key, so no cache and no sharing */
+        goto out;
+    }
     idx = auth_cache_get(s->cache, key, ev_now(s->loop));
     if (idx >= 0 && (size_t)idx < s->users->n) {
         *user = s->users->v[idx].name;

@@ -17,12 +17,14 @@
 #include "text.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ini.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #define DEFAULT_LISTEN        "127.0.0.1:3128"
 #define DEFAULT_ALLOW_PORTS   "443"
@@ -34,6 +36,7 @@
 #define DNS_DEFAULT_PORT      53
 #define MAX_DURATION          (24.0 * 3600.0)
 #define FILE_MAX              ((size_t)1024 * 1024)
+#define TLS_FILE_MAX          ((size_t)256 * 1024) /* a long chain, or a large OCSP response */
 /* inih's line buffer must hold the line plus '\r', '\n' and '\0' (ini.h); a longer line would be
  * cut in two and the second half parsed as a line of its own. */
 #define LINE_MAX_LEN (INI_MAX_LINE - 3)
@@ -74,6 +77,12 @@ enum key_id {
     K_PROXY_PROTOCOL_FROM,
     K_TIMEOUT_HAPPY_EYEBALLS,
     K_VIA,
+    K_TLS_CERTIFICATE,
+    K_TLS_KEY,
+    K_TLS_MIN_VERSION,
+    K_TLS_ALPN,
+    K_TLS_OCSP_STAPLE,
+    K_TLS_SESSION_TICKETS,
     K_COUNT
 };
 
@@ -114,10 +123,16 @@ static const struct key_def {
     [K_PROXY_PROTOCOL_FROM] = {"server", "proxy_protocol_from"},
     [K_TIMEOUT_HAPPY_EYEBALLS] = {"timeouts", "happy_eyeballs"},
     [K_VIA] = {"access", "via"},
+    [K_TLS_CERTIFICATE] = {"tls", "certificate"},
+    [K_TLS_KEY] = {"tls", "key"},
+    [K_TLS_MIN_VERSION] = {"tls", "min_version"},
+    [K_TLS_ALPN] = {"tls", "alpn"},
+    [K_TLS_OCSP_STAPLE] = {"tls", "ocsp_staple"},
+    [K_TLS_SESSION_TICKETS] = {"tls", "session_tickets"},
 };
 
-static const char *const sections[] = {"server", "access", "dns",  "timeouts",
-                                       "limits", "log",    "auth", "admin"};
+static const char *const sections[] = {"server", "access", "dns",   "timeouts", "limits",
+                                       "log",    "auth",   "admin", "tls"};
 
 struct ctx {
     struct config *c;
@@ -248,14 +263,18 @@ static int parse_listen_options(char *opts, bool admin, struct listen_addr *la, 
             la->proxy_protocol = true;
             continue;
         }
+        if (!admin && strcmp(w, "tls") == 0 && !la->tls) {
+            la->tls = true;
+            continue;
+        }
         if (strchr(w, ':') || (w[0] >= '0' && w[0] <= '9'))
             text_seterr(why, whylen, "'%s' after an address: separate items with commas", w);
         else if (admin)
             text_seterr(why, whylen, "'%s': an [admin] address takes no options", w);
-        else if (strcmp(w, "proxy-protocol") == 0)
+        else if (strcmp(w, "proxy-protocol") == 0 || strcmp(w, "tls") == 0)
             text_seterr(why, whylen, "'%s' is given twice", w);
         else
-            text_seterr(why, whylen, "unknown option '%s' (known: proxy-protocol)", w);
+            text_seterr(why, whylen, "unknown option '%s' (known: proxy-protocol, tls)", w);
         return -1;
     }
     return 0;
@@ -502,6 +521,51 @@ static int set_path(char **dst, const char *v, char *why, size_t whylen) {
     return 0;
 }
 
+/* [tls] alpn: a list of protocol names, in our order of preference, into ALPN wire format.
+ * This version speaks HTTP/1.1 only; "h2" is named so the error says why. */
+static int set_alpn(struct tls_config *t, const char *v, char *why, size_t whylen) {
+    char item[ITEM_MAX];
+    size_t n = 0;
+    int r;
+
+    while ((r = text_next_item(&v, item, sizeof item)) != 0) {
+        if (r < 0) {
+            text_seterr(why, whylen, "a protocol name is too long");
+            return -1;
+        }
+        if (item[0] == '\0')
+            continue;
+        if (strcmp(item, "h2") == 0) {
+            text_seterr(why, whylen, "h2 (HTTP/2) is not supported by this version");
+            return -1;
+        }
+        if (strcmp(item, "http/1.1") != 0) {
+            text_seterr(why, whylen, "unknown protocol '%s' (known: http/1.1)", item);
+            return -1;
+        }
+        size_t len = strlen(item);
+        if (n + 1 + len > sizeof t->alpn) {
+            text_seterr(why, whylen, "too many protocols");
+            return -1;
+        }
+        for (size_t i = 0; i < n; i += 1 + (unsigned char)t->alpn[i]) {
+            if ((unsigned char)t->alpn[i] == len && memcmp(t->alpn + i + 1, item, len) == 0) {
+                text_seterr(why, whylen, "'%s' is listed twice", item);
+                return -1;
+            }
+        }
+        t->alpn[n] = (char)len;
+        memcpy(t->alpn + n + 1, item, len);
+        n += 1 + len;
+    }
+    if (n == 0) {
+        text_seterr(why, whylen, "needs at least one protocol, e.g. http/1.1");
+        return -1;
+    }
+    t->alpn_len = n;
+    return 0;
+}
+
 /* The realm goes inside a quoted-string of Proxy-Authenticate: printable ASCII without '"'
  * or '\\', so that it never needs escaping. */
 static int set_realm(struct config *c, const char *v, char *why, size_t whylen) {
@@ -695,6 +759,30 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
         return set_user(c, v, why, whylen);
     case K_PAC:
         if (parse_bool(v, &c->pac) != 0) {
+            text_seterr(why, whylen, "must be yes or no");
+            return -1;
+        }
+        return 0;
+    case K_TLS_CERTIFICATE:
+        return set_path(&c->tls.certificate, v, why, whylen);
+    case K_TLS_KEY:
+        return set_path(&c->tls.key, v, why, whylen);
+    case K_TLS_OCSP_STAPLE:
+        return set_path(&c->tls.ocsp_staple, v, why, whylen);
+    case K_TLS_MIN_VERSION:
+        if (strcmp(v, "1.2") == 0)
+            c->tls.min_version = 12;
+        else if (strcmp(v, "1.3") == 0)
+            c->tls.min_version = 13;
+        else {
+            text_seterr(why, whylen, "must be 1.2 or 1.3 (older versions are not offered)");
+            return -1;
+        }
+        return 0;
+    case K_TLS_ALPN:
+        return set_alpn(&c->tls, v, why, whylen);
+    case K_TLS_SESSION_TICKETS:
+        if (parse_bool(v, &c->tls.session_tickets) != 0) {
             text_seterr(why, whylen, "must be yes or no");
             return -1;
         }
@@ -1007,6 +1095,10 @@ static int set_defaults(struct config *c) {
     bad |= c->realm == NULL;
     c->user = strdup(DEFAULT_USER);
     bad |= c->user == NULL;
+    c->tls.min_version = 12;
+    c->tls.alpn_len = 9;
+    memcpy(c->tls.alpn, "\x08http/1.1", 9);
+    c->tls.session_tickets = true;
     return bad ? -1 : 0;
 }
 
@@ -1228,6 +1320,66 @@ static int link_parents(struct ctx *x) {
     return 0;
 }
 
+/* The files [tls] names: read now, so a key readable by root only is read before the privilege
+ * drop. A reload that may no longer read the key marks it unreadable; tls.c then keeps the key
+ * it has, if the certificate still matches it. Whether the files belong together (key matches
+ * certificate, dates) is tls.c's check: it needs OpenSSL. */
+static int load_tls_files(struct ctx *x) {
+    struct config *c = x->c;
+    struct tls_config *t = &c->tls;
+    int cline = x->seen[K_TLS_CERTIFICATE], kline = x->seen[K_TLS_KEY];
+    int oline = x->seen[K_TLS_OCSP_STAPLE];
+    char why[CONFIG_ERR_MAX];
+
+    for (size_t i = 0; i < c->nlisten; i++)
+        c->has_tls_listener |= c->listen[i].tls;
+    if (c->has_tls_listener && (!t->certificate || !t->key)) {
+        fail(x, "%s:%d: [server] listen: a tls listener needs [tls] certificate and key", x->name,
+             x->seen[K_LISTEN]);
+        return -1;
+    }
+    if (!t->certificate != !t->key) {
+        fail(x, "%s:%d: [tls] %s: needs [tls] %s too", x->name, t->certificate ? cline : kline,
+             t->certificate ? "certificate" : "key", t->certificate ? "key" : "certificate");
+        return -1;
+    }
+    if (t->ocsp_staple && !t->certificate) {
+        fail(x, "%s:%d: [tls] ocsp_staple: needs [tls] certificate and key", x->name, oline);
+        return -1;
+    }
+    if (resolve_path(x, &t->certificate, cline, "[tls] certificate") != 0 ||
+        resolve_path(x, &t->key, kline, "[tls] key") != 0 ||
+        resolve_path(x, &t->ocsp_staple, oline, "[tls] ocsp_staple") != 0)
+        return -1;
+    if (!t->certificate)
+        return 0;
+    if (text_read_file(t->certificate, TLS_FILE_MAX, &t->cert_pem, &t->cert_pem_len, why,
+                       sizeof why) != 0) {
+        fail(x, "%s:%d: [tls] certificate: %s", x->name, cline, why);
+        return -1;
+    }
+    int fd = open(t->key, O_RDONLY | O_CLOEXEC);
+    if (fd == -1 && errno == EACCES) {
+        t->key_unreadable = true;
+    } else {
+        if (fd != -1)
+            close(fd);
+        if (text_read_file(t->key, TLS_FILE_MAX, &t->key_pem, &t->key_pem_len, why, sizeof why) !=
+                0 ||
+            text_file_private(t->key, why, sizeof why) != 0) {
+            fail(x, "%s:%d: [tls] key: %s", x->name, kline, why);
+            return -1;
+        }
+    }
+    if (t->ocsp_staple && text_read_file(t->ocsp_staple, TLS_FILE_MAX, &t->ocsp_der,
+                                         &t->ocsp_der_len, why, sizeof why) != 0) {
+        fail(x, "%s:%d: [tls] ocsp_staple: %s", x->name, oline, why);
+        return -1;
+    }
+    t->line = cline;
+    return 0;
+}
+
 /* The policy and users files, and the names that must agree between them. */
 static int load_linked_files(struct ctx *x) {
     struct config *c = x->c;
@@ -1306,7 +1458,8 @@ static int load_text(const char *text, size_t len, const char *name, struct conf
         fail(&x, "%s: out of memory", name);
     if (x.failed)
         goto fail;
-    if (merge_admin_listen(&x) != 0 || load_linked_files(&x) != 0 || link_parents(&x) != 0)
+    if (merge_admin_listen(&x) != 0 || load_linked_files(&x) != 0 || link_parents(&x) != 0 ||
+        load_tls_files(&x) != 0)
         goto fail;
     return 0;
 fail:
@@ -1337,6 +1490,20 @@ int config_load_file(const char *path, struct config *c, char *err, size_t errle
     rc = load_text(buf, n, path, c, err, errlen);
     free(buf);
     return rc;
+}
+
+int config_keep_tls_key(struct config *c, const struct config *old) {
+    struct tls_config *t = &c->tls;
+    const struct tls_config *o = &old->tls;
+    if (!t->key_unreadable || !o->key_pem || strcmp(t->key, o->key) != 0)
+        return 0;
+    t->key_pem = malloc(o->key_pem_len + 1);
+    if (!t->key_pem)
+        return -1;
+    memcpy(t->key_pem, o->key_pem, o->key_pem_len + 1);
+    t->key_pem_len = o->key_pem_len;
+    t->key_unreadable = false;
+    return 1;
 }
 
 void config_free(struct config *c) {
@@ -1371,5 +1538,13 @@ void config_free(struct config *c) {
     if (c->admin.token)
         explicit_bzero(c->admin.token, strlen(c->admin.token));
     free(c->admin.token);
+    free(c->tls.certificate);
+    free(c->tls.key);
+    free(c->tls.ocsp_staple);
+    free(c->tls.cert_pem);
+    if (c->tls.key_pem)
+        explicit_bzero(c->tls.key_pem, c->tls.key_pem_len);
+    free(c->tls.key_pem);
+    free(c->tls.ocsp_der);
     memset(c, 0, sizeof *c);
 }

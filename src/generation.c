@@ -5,8 +5,10 @@
 
 #include "auth_service.h"
 #include "dns.h"
+#include "log.h"
 #include "server.h"
 #include "text.h"
+#include "tls.h"
 
 struct gen *gen_new(struct ev_loop *loop, struct config *cfg, char *err, size_t errlen) {
     struct gen *g = calloc(1, sizeof *g);
@@ -30,6 +32,14 @@ struct gen *gen_new(struct ev_loop *loop, struct config *cfg, char *err, size_t 
     g->dns = dns_new(loop, &dc, err, errlen);
     if (!g->dns)
         goto fail;
+    if (g->cfg.tls.certificate) {
+        g->tls = tls_ctx_new(&g->cfg.tls, err, errlen);
+        if (!g->tls)
+            goto fail;
+        char about[256];
+        tls_ctx_describe(g->tls, about, sizeof about);
+        log_info("tls: certificate %s: %s", g->cfg.tls.certificate, about);
+    }
     if (g->cfg.users_file) {
         g->auth = auth_service_new(loop, &g->cfg.users, err, errlen);
         if (!g->auth)
@@ -53,6 +63,7 @@ void gen_unref(struct gen *g) {
     if (g->dns)
         dns_free(g->dns);
     config_free(&g->cfg);
+    tls_ctx_free(g->tls);
     free(g->parent_down);
     free(g);
 }

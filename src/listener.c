@@ -15,6 +15,7 @@
 #include "log.h"
 #include "net.h"
 #include "stats.h"
+#include "tls.h"
 #include "tunnel.h"
 
 #define ACCEPT_BATCH   64  /* accepts per wake-up: one busy listener must not starve relays */
@@ -30,6 +31,7 @@ struct listener {
     socklen_t len;
     bool admin;          /* an [admin] listen address: admin_accept(), not tunnel_accept() */
     bool proxy_protocol; /* clients arrive behind a PROXY header ("proxy-protocol") */
+    bool tls;            /* clients speak TLS first ("tls") */
     char name[ADDR_TEXT_MAX];
 };
 
@@ -107,7 +109,7 @@ static bool accept_some(struct listener *l) {
         if (l->admin)
             admin_accept(l->srv, fd, &peer.sa);
         else
-            tunnel_accept(l->srv, fd, &peer.sa, l->proxy_protocol);
+            tunnel_accept(l->srv, fd, &peer.sa, l->proxy_protocol, l->tls);
     }
     return false;
 }
@@ -140,18 +142,31 @@ static bool same_addr(const struct listener *l, const struct listen_addr *la);
 /* What cfg says about l's address: its role and options (also for sockets from systemd: they
  * are recognised by the address they are bound to). Unknown addresses are plain proxy ones. */
 static void apply_options(struct listener *l, const struct config *cfg) {
-    l->admin = l->proxy_protocol = false;
+    l->admin = l->proxy_protocol = l->tls = false;
     for (size_t i = 0; i < cfg->nlisten; i++) {
         if (same_addr(l, &cfg->listen[i])) {
             l->admin = cfg->listen[i].admin;
             l->proxy_protocol = cfg->listen[i].proxy_protocol;
+            l->tls = cfg->listen[i].tls;
             return;
         }
     }
 }
 
-static const char *role(const struct listener *l) {
-    return l->admin ? " (admin)" : l->proxy_protocol ? " (proxy-protocol)" : "";
+/* " (admin)", " (tls, proxy-protocol)", ...: what the log says about a listener. A TLS one
+ * also says whether the kernel can take over the encryption (kTLS) or OpenSSL does it all. */
+static const char *role(const struct listener *l, char *out, size_t outlen) {
+    char why[80] = "";
+    if (l->admin)
+        return " (admin)";
+    if (l->tls) {
+        bool k = tls_ktls_available(why, sizeof why);
+        snprintf(out, outlen, " (tls%s; %s: %s)", l->proxy_protocol ? ", proxy-protocol" : "",
+                 k ? "kTLS transmit once the handshake is done" : "TLS in user space, copy relay",
+                 why);
+        return out;
+    }
+    return l->proxy_protocol ? " (proxy-protocol)" : "";
 }
 
 /* A listener for fd, named and keyed by the address it is really bound to. */
@@ -192,6 +207,7 @@ int listeners_start(struct server *srv, const int *fds, size_t n, char *err, siz
         snprintf(err, errlen, "out of memory");
         return -1;
     }
+    char why[200];
     for (size_t i = 0; i < n; i++) {
         struct listener *l = listener_new(srv, fds[i]);
         if (!l) {
@@ -201,7 +217,7 @@ int listeners_start(struct server *srv, const int *fds, size_t n, char *err, siz
         srv->listeners[i] = l;
         srv->nlisteners = i + 1;
         ev_io_start(srv->loop, &l->w);
-        log_info("listening on %s%s", l->name, role(l));
+        log_info("listening on %s%s", l->name, role(l, why, sizeof why));
     }
     if (srv->spare_fd == -1)
         srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -237,7 +253,7 @@ bool listeners_match(struct server *srv, const struct config *cfg) {
     for (size_t i = 0; i < cfg->nlisten; i++) {
         const struct listener *l = find_listener(srv, &cfg->listen[i]);
         if (!l || l->admin != cfg->listen[i].admin ||
-            l->proxy_protocol != cfg->listen[i].proxy_protocol)
+            l->proxy_protocol != cfg->listen[i].proxy_protocol || l->tls != cfg->listen[i].tls)
             return false;
     }
     return true;
@@ -245,6 +261,7 @@ bool listeners_match(struct server *srv, const struct config *cfg) {
 
 int listeners_update(struct server *srv, const struct config *cfg, bool reuseport, char *err,
                      size_t errlen) {
+    char what[200];
     struct listener **next = calloc(cfg->nlisten ? cfg->nlisten : 1, sizeof *next);
     bool *fresh = calloc(cfg->nlisten ? cfg->nlisten : 1, sizeof *fresh);
     if (!next || !fresh) {
@@ -293,10 +310,11 @@ int listeners_update(struct server *srv, const struct config *cfg, bool reusepor
     for (size_t i = 0; i < cfg->nlisten; i++) {
         next[i]->admin = cfg->listen[i].admin; /* an address may change its role */
         next[i]->proxy_protocol = cfg->listen[i].proxy_protocol;
+        next[i]->tls = cfg->listen[i].tls;
         if (fresh[i]) {
             if (!srv->draining || next[i]->admin)
                 ev_io_start(srv->loop, &next[i]->w);
-            log_info("listening on %s%s", next[i]->name, role(next[i]));
+            log_info("listening on %s%s", next[i]->name, role(next[i], what, sizeof what));
         }
     }
     free(srv->listeners);

@@ -22,6 +22,7 @@
 #include "privdrop.h"
 #include "server.h"
 #include "tunnel.h"
+#include "tls.h"
 #include "version.h"
 
 #define DEFAULT_CONFIG "/etc/connectd/proxy.ini"
@@ -146,6 +147,8 @@ int main(int argc, char **argv) {
     if (check_only) {
         int rc = check_user(&cfg, err, sizeof err);
         if (rc == 0)
+            rc = tls_check(&cfg.tls, err, sizeof err);
+        if (rc == 0)
             fprintf(stderr, "connectd: %s: configuration ok\n", path);
         else
             fprintf(stderr, "connectd: %s: %s\n", path, err);
@@ -156,6 +159,13 @@ int main(int argc, char **argv) {
     log_init(cfg.log_level);
     if (log_access_open(cfg.access_log, err, sizeof err) == -1) {
         log_error("%s", err);
+        config_free(&cfg);
+        return 1;
+    }
+    /* The certificate and key are checked here, once, before any worker starts; the ticket
+     * secret is made before the fork, so that every worker opens every other's tickets. */
+    if (tls_check(&cfg.tls, err, sizeof err) != 0 || tls_global_init(err, sizeof err) != 0) {
+        log_error("%s: %s", path, err);
         config_free(&cfg);
         return 1;
     }

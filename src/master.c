@@ -25,6 +25,7 @@
 #include "log.h"
 #include "server.h"
 #include "stats.h"
+#include "tls.h"
 
 #define RESTART_DELAY 1.0 /* seconds before restarting a worker that died young */
 #define YOUNG         2.0 /* a worker that dies within this many seconds of its start is young */
@@ -167,6 +168,7 @@ static bool same_listen(const struct config *a, const struct config *b) {
             found = a->listen[i].len == b->listen[j].len &&
                     a->listen[i].admin == b->listen[j].admin &&
                     a->listen[i].proxy_protocol == b->listen[j].proxy_protocol &&
+                    a->listen[i].tls == b->listen[j].tls &&
                     memcmp(&a->listen[i].ss, &b->listen[j].ss, a->listen[i].len) == 0;
         if (!found)
             return false;
@@ -267,12 +269,18 @@ fail:
 }
 
 static void reload(struct master *m) {
-    char err[CONFIG_ERR_MAX];
+    char err[CONFIG_ERR_MAX] = "";
     struct config nc;
     sd_notify(0, "RELOADING=1");
     bool ok = false;
     if (config_load_file(m->config_path, &nc, err, sizeof err) != 0) {
         log_error("reload: %s; still serving the previous configuration", err);
+        goto done;
+    }
+    if (tls_keep_key(&nc, &m->cfg) != 0 || tls_check(&nc.tls, err, sizeof err) != 0) {
+        if (err[0])
+            log_error("reload: %s; still serving the previous configuration", err);
+        config_free(&nc);
         goto done;
     }
     unsigned n = master_workers(&nc);

@@ -233,6 +233,12 @@ void metrics_render(const struct stats_shm *s, bool draining, struct obuf *o) {
     labelled(o, "connectd_proxy_headers_total", "result", "local", c->c[C_PROXY_LOCAL]);
     labelled(o, "connectd_proxy_headers_total", "result", "bad", c->c[C_PROXY_BAD]);
     labelled(o, "connectd_proxy_headers_total", "result", "denied", c->c[C_PROXY_DENIED]);
+    family(o, "connectd_tls_handshakes_total", "counter",
+           "TLS handshakes on tls listeners: full (a new session), resumed (a session ticket), "
+           "failed (bad or no TLS, or not done within [timeouts] handshake).");
+    labelled(o, "connectd_tls_handshakes_total", "result", "full", c->c[C_TLS_FULL]);
+    labelled(o, "connectd_tls_handshakes_total", "result", "resumed", c->c[C_TLS_RESUMED]);
+    labelled(o, "connectd_tls_handshakes_total", "result", "failed", c->c[C_TLS_FAILED]);
     gauge(o, "connectd_pipes_pooled", "Empty splice pipes kept for reuse.",
           (double)v.g.pipes_pooled);
     gauge(o, "connectd_buffers_pooled", "Free 64 KiB relay buffers kept for reuse.",

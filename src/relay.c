@@ -24,6 +24,7 @@
 #include "http.h"
 #include "log.h"
 #include "stats.h"
+#include "transport.h"
 #include "tunnel.h"
 
 #define POOL_MAX       64            /* free buffers kept for reuse */
@@ -156,7 +157,7 @@ static int forward_eof(struct tunnel *t, struct endpoint *dst) {
     dst->shut = true;
     /* When the other direction is finished too, the close that follows sends this FIN: save
      * the syscall. (dst has sent its EOF, so no unread data can turn that close into an RST.) */
-    if (!(dst->eof && dst->peer->shut) && shutdown(dst->fd, SHUT_WR) == -1 && errno != ENOTCONN) {
+    if (tp_shutdown_write(dst, dst->eof && dst->peer->shut) == -1) {
         tunnel_close(t, reset_reason(t, dst));
         return -1;
     }
@@ -168,7 +169,7 @@ static int forward_eof(struct tunnel *t, struct endpoint *dst) {
 static ssize_t drain_buf(struct tunnel *t, struct endpoint *src, struct endpoint *dst) {
     struct buf *b = src->in;
     while (buf_len(b) > 0) {
-        ssize_t n = send(dst->fd, buf_head(b), buf_len(b), MSG_NOSIGNAL);
+        ssize_t n = tp_send(dst, buf_head(b), buf_len(b));
         if (n == -1) {
             if (errno == EINTR)
                 continue;
@@ -227,7 +228,7 @@ static int flush(struct tunnel *t, struct endpoint *src) {
         if (src->in && (size_t)left == BUF_CAP)
             ev_io_stop(loop, &src->rw); /* full: a read would have no room */
         else if (!src->eof && (size_t)left <= cap / 2 && (size_t)left <= RESUME_AT)
-            ev_io_start(loop, &src->rw);
+            tp_read_on(loop, src);
         return 0;
     }
     /* Drained: give the buffer or pipe back, so an idle direction holds nothing. */
@@ -235,7 +236,7 @@ static int flush(struct tunnel *t, struct endpoint *src) {
     ev_io_stop(loop, &dst->ww);
     if (src->eof)
         return forward_eof(t, dst);
-    ev_io_start(loop, &src->rw);
+    tp_read_on(loop, src);
     return 0;
 }
 
@@ -255,11 +256,11 @@ static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *s
         ev_io_stop(loop, &src->rw);
         return;
     }
-    ssize_t n = recv(src->fd, buf_tail(b), buf_room(b), 0);
+    ssize_t n = tp_recv(loop, src, buf_tail(b), buf_room(b));
     if (n > 0) {
         buf_produce(b, (size_t)n);
         t->last_active = ev_now(loop);
-        if (n >= BULK_THRESHOLD && t->gen->cfg.relay == RELAY_AUTO)
+        if (n >= BULK_THRESHOLD && t->gen->cfg.relay == RELAY_AUTO && !src->copy_only)
             src->bulk = true; /* later reads, once this buffer drains, use splice */
         if (ev_is_active(&src->peer->ww)) {
             /* The peer is not writable yet: keep filling, stop when full. */
@@ -348,9 +349,12 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
 }
 
 static void write_cb(struct ev_loop *loop, ev_io *w, int revents) {
-    (void)loop;
     (void)revents;
     struct endpoint *dst = container_of(w, struct endpoint, ww);
+    if (dst->read_wants_write) { /* a TLS read waited for this: let it go on */
+        dst->read_wants_write = false;
+        tp_read_on(loop, dst);
+    }
     flush(dst->t, dst->peer);
 }
 
@@ -373,8 +377,13 @@ int relay_start(struct tunnel *t, const char *reply, size_t replylen, const char
     if (seed(t->srv, &t->upstream, reply, replylen) == -1 ||
         seed(t->srv, &t->client, early, earlylen) == -1)
         return -1;
+    /* splice(2) moves bytes between plain sockets only: what a TLS client sends comes out of
+     * SSL_read, and what it receives goes into SSL_write unless the kernel encrypts (kTLS). */
+    t->client.copy_only = t->client.tls != NULL;
+    t->upstream.copy_only = t->client.tls != NULL && !t->client.ktls_tx;
     bool bulk = t->gen->cfg.relay == RELAY_SPLICE;
-    t->client.bulk = t->upstream.bulk = bulk;
+    t->client.bulk = bulk && !t->client.copy_only;
+    t->upstream.bulk = bulk && !t->upstream.copy_only;
     t->state = TUNNEL_RELAY;
     t->last_active = ev_now(loop);
     /* The client's watchers and upstream.ww already carry their fd (set at accept and dial);

@@ -1,5 +1,6 @@
 /* server: one process's event loop: listeners, tunnels, signals, reload, drain. */
 #include "server.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -215,6 +216,8 @@ static void reload(struct server *srv) {
         log_error("reload: %s; still serving the previous configuration", err);
         goto done;
     }
+    if (tls_keep_key(&nc, &srv->gen->cfg) != 0)
+        goto done;
     /* Draining, the proxy listeners are closed on purpose: a reload must not open them again. */
     bool relisten = !srv->draining && !listeners_match(srv, &nc);
     if (relisten && !srv->own_listeners) {

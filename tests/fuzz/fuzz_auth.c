@@ -1,4 +1,4 @@
-/* libFuzzer harness for src/auth.c (and sha256.c): the users file loader
+/* libFuzzer harness for src/auth.c (and its HMAC-SHA-256 cache keys): the users file loader
  * (auth_users_load_string()), the Proxy-Authorization decoder (auth_parse_basic()), the
  * credential cache and the failure record. auth_verify() is left out: it is slow by design.
  *
@@ -144,7 +144,7 @@ static void fuzz_basic(const uint8_t *data, size_t size) {
     {
         static const uint8_t secret[32] = {1, 2, 3};
         struct auth_cache *cache = auth_cache_new(4, 60.0, secret);
-        uint8_t key[SHA256_LEN], key2[SHA256_LEN];
+        uint8_t key[AUTH_KEY_LEN], key2[AUTH_KEY_LEN];
 
         CHECK(cache != NULL);
         auth_cache_key(cache, value, size, key);
@@ -186,7 +186,7 @@ static void fuzz_tables(const uint8_t *data, size_t size) {
     struct auth_failures *fails = auth_failures_new(3);
     static struct sockaddr_storage clients[10];
     static bool clients_set;
-    uint8_t keys[8][SHA256_LEN];
+    uint8_t keys[8][AUTH_KEY_LEN];
     double now = 1000.0;
 
     CHECK(cache != NULL && fails != NULL);

@@ -18,6 +18,9 @@
 
 #include "auth.h"
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
 #define PLAIN_MSG                                                                                  \
@@ -476,7 +479,7 @@ static const uint8_t secret1[32] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 
                                     17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
 static const uint8_t secret2[32] = {42};
 
-static void key_of(const struct auth_cache *c, int i, uint8_t key[SHA256_LEN]) {
+static void key_of(const struct auth_cache *c, int i, uint8_t key[AUTH_KEY_LEN]) {
     char v[32];
     int n = snprintf(v, sizeof v, "Basic value-%d", i);
 
@@ -487,30 +490,29 @@ static void test_cache_key(void **state) {
     struct auth_cache *c1 = auth_cache_new(4, 300, secret1);
     struct auth_cache *c1b = auth_cache_new(4, 300, secret1);
     struct auth_cache *c2 = auth_cache_new(4, 300, secret2);
-    uint8_t k1[SHA256_LEN], k1b[SHA256_LEN], k2[SHA256_LEN], want[SHA256_LEN];
-    struct sha256 s;
+    uint8_t k1[AUTH_KEY_LEN], k1b[AUTH_KEY_LEN], k2[AUTH_KEY_LEN], want[AUTH_KEY_LEN];
+    unsigned int wl = 0;
 
     (void)state;
     assert_non_null(c1);
     assert_non_null(c1b);
     assert_non_null(c2);
-    auth_cache_key(c1, "Basic YWI6Yw==", 14, k1);
-    auth_cache_key(c1b, "Basic YWI6Yw==", 14, k1b);
-    auth_cache_key(c2, "Basic YWI6Yw==", 14, k2);
-    assert_memory_equal(k1, k1b, SHA256_LEN);
-    assert_memory_not_equal(k1, k2, SHA256_LEN);
+    assert_int_equal(auth_cache_key(c1, "Basic YWI6Yw==", 14, k1), 0);
+    assert_int_equal(auth_cache_key(c1b, "Basic YWI6Yw==", 14, k1b), 0);
+    assert_int_equal(auth_cache_key(c2, "Basic YWI6Yw==", 14, k2), 0);
+    assert_memory_equal(k1, k1b, AUTH_KEY_LEN);
+    assert_memory_not_equal(k1, k2, AUTH_KEY_LEN);
     /* only len bytes count */
     auth_cache_key(c1, "Basic YWI6Yw==", 13, k1b);
-    assert_memory_not_equal(k1, k1b, SHA256_LEN);
+    assert_memory_not_equal(k1, k1b, AUTH_KEY_LEN);
     auth_cache_key(c1, "Basic YWI6Yw=x", 13, k2);
-    assert_memory_equal(k1b, k2, SHA256_LEN);
+    assert_memory_equal(k1b, k2, AUTH_KEY_LEN);
 
-    /* SHA-256(secret || value) */
-    sha256_init(&s);
-    sha256_update(&s, secret1, sizeof secret1);
-    sha256_update(&s, "Basic YWI6Yw==", 14);
-    sha256_final(&s, want);
-    assert_memory_equal(k1, want, SHA256_LEN);
+    /* HMAC-SHA-256(secret, value), as libcrypto computes it */
+    assert_non_null(HMAC(EVP_sha256(), secret1, (int)sizeof secret1,
+                         (const unsigned char *)"Basic YWI6Yw==", 14, want, &wl));
+    assert_int_equal(wl, AUTH_KEY_LEN);
+    assert_memory_equal(k1, want, AUTH_KEY_LEN);
     auth_cache_free(c1);
     auth_cache_free(c1b);
     auth_cache_free(c2);
@@ -519,7 +521,7 @@ static void test_cache_key(void **state) {
 
 static void test_cache_put_get_expire(void **state) {
     struct auth_cache *c = auth_cache_new(8, 300, secret1);
-    uint8_t k0[SHA256_LEN], k1[SHA256_LEN];
+    uint8_t k0[AUTH_KEY_LEN], k1[AUTH_KEY_LEN];
 
     (void)state;
     assert_non_null(c);
@@ -554,7 +556,7 @@ static void test_cache_put_get_expire(void **state) {
 
 static void test_cache_eviction(void **state) {
     struct auth_cache *c = auth_cache_new(4, 300, secret1);
-    uint8_t k[1000][SHA256_LEN];
+    uint8_t k[1000][AUTH_KEY_LEN];
 
     (void)state;
     assert_non_null(c);

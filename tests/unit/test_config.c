@@ -113,6 +113,21 @@ static void check_defaults(const struct config *c) {
     assert_int_equal(c->max_request_bytes, 16384);
     assert_int_equal(c->log_level, LOG_LEVEL_INFO);
     assert_string_equal(c->access_log, "stderr");
+    /* [tls]: no files, TLS 1.2 and up, HTTP/1.1, session tickets. */
+    for (size_t i = 0; i < c->nlisten; i++)
+        assert_false(c->listen[i].tls);
+    assert_false(c->has_tls_listener);
+    assert_null(c->tls.certificate);
+    assert_null(c->tls.key);
+    assert_null(c->tls.ocsp_staple);
+    assert_null(c->tls.cert_pem);
+    assert_null(c->tls.key_pem);
+    assert_null(c->tls.ocsp_der);
+    assert_false(c->tls.key_unreadable);
+    assert_int_equal(c->tls.min_version, 12);
+    assert_int_equal(c->tls.alpn_len, 9);
+    assert_memory_equal(c->tls.alpn, "\x08http/1.1", 9);
+    assert_true(c->tls.session_tickets);
 }
 
 static void test_defaults(void **state) {
@@ -617,11 +632,11 @@ static void test_listen_options(void **state) {
                  "t.ini:2: [server] listen: 'proxy-protocol' is given twice (got '0.0.0.0:3128 "
                  "proxy-protocol proxy-protocol')");
     EXPECT_EXACT("[server]\nlisten = 0.0.0.0:3128 tcp\n",
-                 "t.ini:2: [server] listen: unknown option 'tcp' (known: proxy-protocol) (got "
+                 "t.ini:2: [server] listen: unknown option 'tcp' (known: proxy-protocol, tls) (got "
                  "'0.0.0.0:3128 tcp')");
     EXPECT_EXACT("[server]\nlisten = 0.0.0.0:3128 Proxy-Protocol\n",
                  "t.ini:2: [server] listen: unknown option 'Proxy-Protocol' (known: "
-                 "proxy-protocol) (got '0.0.0.0:3128 Proxy-Protocol')");
+                 "proxy-protocol, tls) (got '0.0.0.0:3128 Proxy-Protocol')");
     EXPECT_EXACT("[server]\nlisten = 127.0.0.1:1 proxy-protocol 127.0.0.1:2\n",
                  "t.ini:2: [server] listen: '127.0.0.1:2' after an address: separate items with "
                  "commas (got '127.0.0.1:1 proxy-protocol 127.0.0.1:2')");
@@ -715,6 +730,349 @@ static void test_admin(void **state) {
     remove_file(dir, "short");
     remove_file(dir, "spaced");
     assert_int_equal(rmdir(dir), 0);
+}
+
+/* ---- [tls] and "tls" listeners ---- */
+
+/* load_tls_files only reads the files [tls] names (whether they hold a certificate and its key
+ * is tls.c's check, with OpenSSL), so any text will do here. The key is private like parent
+ * credentials; open.pem is a key others may read. */
+static void tls_files_make(char *dir, char *ini, size_t inilen) {
+    assert_non_null(mkdtemp(dir));
+    write_file(dir, "cert.pem", "CERTIFICATE\n");
+    write_file(dir, "key.pem", "KEY A\n");
+    write_file(dir, "key2.pem", "KEY B\n");
+    write_file(dir, "group.pem", "KEY G\n");
+    write_file(dir, "open.pem", "KEY O\n");
+    write_file(dir, "ocsp.der", "OCSP");
+    (void)snprintf(ini, inilen, "%s/cert.pem", dir);
+    assert_int_equal(chmod(ini, 0644), 0); /* a certificate is public */
+    (void)snprintf(ini, inilen, "%s/group.pem", dir);
+    assert_int_equal(chmod(ini, 0640), 0);
+    (void)snprintf(ini, inilen, "%s/open.pem", dir);
+    assert_int_equal(chmod(ini, 0644), 0);
+    (void)snprintf(ini, inilen, "%s/t.ini", dir);
+}
+
+static void tls_files_remove(const char *dir) {
+    static const char *const files[] = {"cert.pem",  "key.pem",  "key2.pem",
+                                        "group.pem", "open.pem", "ocsp.der"};
+
+    for (size_t i = 0; i < N(files); i++)
+        remove_file(dir, files[i]);
+    assert_int_equal(rmdir(dir), 0);
+}
+
+/* Every [tls] key set, relative paths taken from the ini's directory, the files read. */
+static void test_tls_keys(void **state) {
+    char dir[] = "/tmp/connectd-test-XXXXXX", ini[128], path[160], text[512];
+    struct config c;
+    (void)state;
+
+    tls_files_make(dir, ini, sizeof ini);
+    load_ok("[server]\nlisten = 127.0.0.1:3128, 127.0.0.1:3129 tls\n"
+            "[tls]\n"
+            "certificate = cert.pem\n"
+            "key = key.pem\n"
+            "min_version = 1.3\n"
+            "alpn = http/1.1\n"
+            "ocsp_staple = ocsp.der\n"
+            "session_tickets = no\n",
+            ini, &c);
+    assert_int_equal(c.nlisten, 2);
+    assert_false(c.listen[0].tls);
+    assert_true(c.listen[1].tls);
+    assert_false(c.listen[1].proxy_protocol);
+    assert_true(c.has_tls_listener);
+    (void)snprintf(path, sizeof path, "%s/cert.pem", dir);
+    assert_string_equal(c.tls.certificate, path);
+    (void)snprintf(path, sizeof path, "%s/key.pem", dir);
+    assert_string_equal(c.tls.key, path);
+    (void)snprintf(path, sizeof path, "%s/ocsp.der", dir);
+    assert_string_equal(c.tls.ocsp_staple, path);
+    assert_int_equal(c.tls.cert_pem_len, 12);
+    assert_string_equal(c.tls.cert_pem, "CERTIFICATE\n");
+    assert_int_equal(c.tls.key_pem_len, 6);
+    assert_string_equal(c.tls.key_pem, "KEY A\n");
+    assert_false(c.tls.key_unreadable);
+    assert_int_equal(c.tls.ocsp_der_len, 4);
+    assert_memory_equal(c.tls.ocsp_der, "OCSP", 4);
+    assert_int_equal(c.tls.min_version, 13);
+    assert_int_equal(c.tls.alpn_len, 9);
+    assert_memory_equal(c.tls.alpn, "\x08http/1.1", 9);
+    assert_false(c.tls.session_tickets);
+    config_free(&c);
+
+    /* The other spellings: 1.2, booleans, an empty item in the list; absolute paths; no
+     * ocsp_staple; a key readable by its group (only others are refused). */
+    (void)snprintf(text, sizeof text,
+                   "[tls]\nmin_version = 1.2\nalpn = , http/1.1,\nsession_tickets = on\n"
+                   "certificate = %s/cert.pem\nkey = %s/group.pem\n",
+                   dir, dir);
+    load_ok(text, "t.ini", &c);
+    assert_int_equal(c.tls.min_version, 12);
+    assert_int_equal(c.tls.alpn_len, 9);
+    assert_memory_equal(c.tls.alpn, "\x08http/1.1", 9);
+    assert_true(c.tls.session_tickets);
+    (void)snprintf(path, sizeof path, "%s/group.pem", dir);
+    assert_string_equal(c.tls.key, path);
+    assert_string_equal(c.tls.key_pem, "KEY G\n");
+    assert_null(c.tls.ocsp_staple);
+    assert_null(c.tls.ocsp_der);
+    assert_int_equal(c.tls.ocsp_der_len, 0);
+    /* [tls] without a tls listener: read and checked all the same, but nothing listens. */
+    assert_false(c.has_tls_listener);
+    assert_int_equal(c.nlisten, 1);
+    assert_false(c.listen[0].tls);
+    config_free(&c);
+
+    /* An empty section, or settings without files: the defaults, no files. */
+    load_ok("[tls]\n", "t.ini", &c);
+    check_defaults(&c);
+    config_free(&c);
+    load_ok("[tls]\nmin_version = 1.3\nsession_tickets = no\n", "t.ini", &c);
+    assert_int_equal(c.tls.min_version, 13);
+    assert_false(c.tls.session_tickets);
+    assert_null(c.tls.certificate);
+    assert_null(c.tls.cert_pem);
+    config_free(&c);
+
+    /* "tls" and "proxy-protocol" on one address, in either order: both flags. */
+    load_ok("[server]\nproxy_protocol_from = 10.0.0.1\n"
+            "listen = 0.0.0.0:3129 tls proxy-protocol, [::1]:3130\tproxy-protocol  tls, "
+            "127.0.0.1:3128\n"
+            "[tls]\ncertificate = cert.pem\nkey = key.pem\n",
+            ini, &c);
+    assert_int_equal(c.nlisten, 3);
+    listen_text(&c, 0, text);
+    assert_string_equal(text, "0.0.0.0:3129");
+    assert_true(c.listen[0].tls);
+    assert_true(c.listen[0].proxy_protocol);
+    listen_text(&c, 1, text);
+    assert_string_equal(text, "[::1]:3130");
+    assert_true(c.listen[1].tls);
+    assert_true(c.listen[1].proxy_protocol);
+    assert_false(c.listen[2].tls);
+    assert_false(c.listen[2].proxy_protocol);
+    assert_true(c.has_tls_listener);
+    config_free(&c);
+    tls_files_remove(dir);
+}
+
+/* Every [tls] message that needs no file, with its exact text. */
+static void test_tls_errors(void **state) {
+    static const struct {
+        const char *text, *want;
+    } cases[] = {
+        /* Values. */
+        {"[tls]\nmin_version = 1.1\n", "t.ini:2: [tls] min_version: must be 1.2 or 1.3 (older "
+                                       "versions are not offered) (got '1.1')"},
+        {"[tls]\nmin_version = 1.0\n", "t.ini:2: [tls] min_version: must be 1.2 or 1.3 (older "
+                                       "versions are not offered) (got '1.0')"},
+        {"[tls]\nmin_version = TLSv1.3\n", "t.ini:2: [tls] min_version: must be 1.2 or 1.3 "
+                                           "(older versions are not offered) (got 'TLSv1.3')"},
+        {"[tls]\nmin_version =\n", "t.ini:2: [tls] min_version: must be 1.2 or 1.3 (older "
+                                   "versions are not offered) (got '')"},
+        {"[tls]\nalpn = h2\n",
+         "t.ini:2: [tls] alpn: h2 (HTTP/2) is not supported by this version (got 'h2')"},
+        {"[tls]\nalpn = http/1.1, h2\n",
+         "t.ini:2: [tls] alpn: h2 (HTTP/2) is not supported by this version (got 'http/1.1, "
+         "h2')"},
+        {"[tls]\nalpn = spdy/3.1\n",
+         "t.ini:2: [tls] alpn: unknown protocol 'spdy/3.1' (known: http/1.1) (got 'spdy/3.1')"},
+        /* ALPN protocol IDs are compared byte for byte (RFC 7301). */
+        {"[tls]\nalpn = HTTP/1.1\n",
+         "t.ini:2: [tls] alpn: unknown protocol 'HTTP/1.1' (known: http/1.1) (got 'HTTP/1.1')"},
+        {"[tls]\nalpn = http/1.1, http/1.1\n",
+         "t.ini:2: [tls] alpn: 'http/1.1' is listed twice (got 'http/1.1, http/1.1')"},
+        {"[tls]\nalpn =\n",
+         "t.ini:2: [tls] alpn: needs at least one protocol, e.g. http/1.1 (got '')"},
+        {"[tls]\nalpn = ,\n",
+         "t.ini:2: [tls] alpn: needs at least one protocol, e.g. http/1.1 (got ',')"},
+        {"[tls]\nsession_tickets = maybe\n",
+         "t.ini:2: [tls] session_tickets: must be yes or no (got 'maybe')"},
+        /* Keys. */
+        {"[tls]\ncert = cert.pem\n", "t.ini:2: [tls] cert: unknown key (known: certificate, "
+                                     "key, min_version, alpn, ocsp_staple, session_tickets)"},
+        {"[tls]\nmin_version = 1.2\n[server]\n[tls]\nmin_version = 1.3\n",
+         "t.ini:5: [tls] min_version: duplicate key (already set on line 2)"},
+        /* Files that go together; checked before any is opened. */
+        {"[tls]\ncertificate = cert.pem\n", "t.ini:2: [tls] certificate: needs [tls] key too"},
+        {"[tls]\nmin_version = 1.3\nkey = key.pem\n",
+         "t.ini:3: [tls] key: needs [tls] certificate too"},
+        {"[tls]\nocsp_staple = ocsp.der\n",
+         "t.ini:2: [tls] ocsp_staple: needs [tls] certificate and key"},
+        {"[tls]\nocsp_staple = ocsp.der\nkey = key.pem\n",
+         "t.ini:3: [tls] key: needs [tls] certificate too"},
+        /* A tls listener: the message is at the listen line, wherever [tls] is. */
+        {"[server]\nlisten = 127.0.0.1:3129 tls\n",
+         "t.ini:2: [server] listen: a tls listener needs [tls] certificate and key"},
+        {"[tls]\nmin_version = 1.3\n[server]\nworkers = 1\nlisten = 127.0.0.1:3128, "
+         "127.0.0.1:3129 tls\n",
+         "t.ini:5: [server] listen: a tls listener needs [tls] certificate and key"},
+        {"[server]\nlisten = 127.0.0.1:3129 tls\n[tls]\ncertificate = cert.pem\n",
+         "t.ini:2: [server] listen: a tls listener needs [tls] certificate and key"},
+        {"[server]\nlisten = 127.0.0.1:3129 tls\n[tls]\nkey = key.pem\n",
+         "t.ini:2: [server] listen: a tls listener needs [tls] certificate and key"},
+        /* The option itself. */
+        {"[server]\nlisten = 127.0.0.1:3129 tls tls\n",
+         "t.ini:2: [server] listen: 'tls' is given twice (got '127.0.0.1:3129 tls tls')"},
+        {"[server]\nlisten = 127.0.0.1:3129 tls proxy-protocol tls\nproxy_protocol_from = ::1\n",
+         "t.ini:2: [server] listen: 'tls' is given twice (got '127.0.0.1:3129 tls proxy-protocol "
+         "tls')"},
+        {"[server]\nlisten = 127.0.0.1:3129 TLS\n",
+         "t.ini:2: [server] listen: unknown option 'TLS' (known: proxy-protocol, tls) (got "
+         "'127.0.0.1:3129 TLS')"},
+        {"[server]\nlisten = 127.0.0.1:3129 https\n",
+         "t.ini:2: [server] listen: unknown option 'https' (known: proxy-protocol, tls) (got "
+         "'127.0.0.1:3129 https')"},
+        {"[admin]\nlisten = 127.0.0.1:9128 tls\n",
+         "t.ini:2: [admin] listen: 'tls': an [admin] address takes no options (got "
+         "'127.0.0.1:9128 tls')"},
+    };
+    (void)state;
+
+    for (size_t i = 0; i < N(cases); i++)
+        EXPECT_EXACT(cases[i].text, cases[i].want);
+}
+
+/* The files: each named with its resolved path, after the ini's FILE:LINE. */
+static void test_tls_files(void **state) {
+    char dir[] = "/tmp/connectd-test-XXXXXX", ini[128], want[CONFIG_ERR_MAX];
+    (void)state;
+
+    tls_files_make(dir, ini, sizeof ini);
+    (void)snprintf(want, sizeof want,
+                   "%s:5: [tls] certificate: %s/nope.pem: cannot open: No such file or directory",
+                   ini, dir);
+    expect_exact("[server]\nlisten = 127.0.0.1:3129 tls\n[tls]\nkey = key.pem\n"
+                 "certificate = nope.pem\n",
+                 ini, want);
+    (void)snprintf(want, sizeof want,
+                   "%s:3: [tls] key: %s/nope.pem: cannot open: No such file or directory", ini,
+                   dir);
+    expect_exact("[tls]\ncertificate = cert.pem\nkey = nope.pem\n", ini, want);
+    (void)snprintf(want, sizeof want,
+                   "%s:4: [tls] ocsp_staple: %s/nope.der: cannot open: No such file or directory",
+                   ini, dir);
+    expect_exact("[tls]\ncertificate = cert.pem\nkey = key.pem\nocsp_staple = nope.der\n", ini,
+                 want);
+    /* An absolute path is taken as it is. */
+    (void)snprintf(want, sizeof want,
+                   "%s:3: [tls] certificate: /no/such/cert.pem: cannot open: No such file or "
+                   "directory",
+                   ini);
+    expect_exact("[tls]\nkey = key.pem\ncertificate = /no/such/cert.pem\n", ini, want);
+
+    /* The key must not be readable by others, like a parent's credentials (the message is
+     * text_file_private's). */
+    (void)snprintf(want, sizeof want,
+                   "%s:3: [tls] key: %s/open.pem: other users may read it (mode 0644): chmod "
+                   "o-rwx",
+                   ini, dir);
+    expect_exact("[tls]\ncertificate = cert.pem\nkey = open.pem\n", ini, want);
+
+    /* At most 256 KiB each: a long chain or a large OCSP response fits, more is refused. */
+    {
+        size_t max = (size_t)256 * 1024;
+        char *big = malloc(max + 2);
+        struct config c;
+
+        assert_non_null(big);
+        memset(big, 'x', max + 1);
+        big[max] = '\0';
+        write_file(dir, "max.pem", big);
+        big[max] = 'x';
+        big[max + 1] = '\0';
+        write_file(dir, "big.pem", big);
+        free(big);
+        load_ok("[tls]\ncertificate = max.pem\nkey = key.pem\nocsp_staple = max.pem\n", ini, &c);
+        assert_int_equal(c.tls.cert_pem_len, max);
+        assert_int_equal(c.tls.ocsp_der_len, max);
+        config_free(&c);
+        (void)snprintf(want, sizeof want,
+                       "%s:2: [tls] certificate: %s/big.pem: larger than 262144 bytes", ini, dir);
+        expect_exact("[tls]\ncertificate = big.pem\nkey = key.pem\n", ini, want);
+        (void)snprintf(want, sizeof want,
+                       "%s:4: [tls] ocsp_staple: %s/big.pem: larger than 262144 bytes", ini, dir);
+        expect_exact("[tls]\ncertificate = cert.pem\nkey = key.pem\nocsp_staple = big.pem\n", ini,
+                     want);
+        remove_file(dir, "max.pem");
+        remove_file(dir, "big.pem");
+    }
+    tls_files_remove(dir);
+}
+
+/* A reload after the privilege drop cannot read a root-only key: load_tls_files then marks it
+ * unreadable (open fails EACCES; the tests run as root, where it never does, so the flag is
+ * set by hand). config_keep_tls_key takes the key read at start when the path is the same. */
+static void test_tls_keep_key(void **state) {
+    char dir[] = "/tmp/connectd-test-XXXXXX", ini[128];
+    static const char same[] = "[tls]\ncertificate = cert.pem\nkey = key.pem\n";
+    struct config old, c;
+    (void)state;
+
+    tls_files_make(dir, ini, sizeof ini);
+    load_ok(same, ini, &old);
+
+    /* Same path: a copy of the old key, and the flag cleared. */
+    load_ok(same, ini, &c);
+    free(c.tls.key_pem);
+    c.tls.key_pem = NULL;
+    c.tls.key_pem_len = 0;
+    c.tls.key_unreadable = true;
+    assert_int_equal(config_keep_tls_key(&c, &old), 1);
+    assert_false(c.tls.key_unreadable);
+    assert_non_null(c.tls.key_pem);
+    assert_ptr_not_equal(c.tls.key_pem, old.tls.key_pem);
+    assert_int_equal(c.tls.key_pem_len, 6);
+    assert_string_equal(c.tls.key_pem, "KEY A\n");
+    config_free(&c);
+    assert_string_equal(old.tls.key_pem, "KEY A\n"); /* old keeps its own */
+
+    /* Another path: nothing to take; the flag stays, so tls.c refuses the reload. */
+    load_ok("[tls]\ncertificate = cert.pem\nkey = key2.pem\n", ini, &c);
+    free(c.tls.key_pem);
+    c.tls.key_pem = NULL;
+    c.tls.key_pem_len = 0;
+    c.tls.key_unreadable = true;
+    assert_int_equal(config_keep_tls_key(&c, &old), 0);
+    assert_true(c.tls.key_unreadable);
+    assert_null(c.tls.key_pem);
+    config_free(&c);
+
+    /* Nothing unreadable: the key just read stays. */
+    load_ok(same, ini, &c);
+    const char *mine = c.tls.key_pem;
+    assert_int_equal(config_keep_tls_key(&c, &old), 0);
+    assert_ptr_equal(c.tls.key_pem, mine);
+    assert_false(c.tls.key_unreadable);
+    config_free(&c);
+
+    /* An old configuration without a key (no [tls], or its key unreadable too): nothing. */
+    {
+        struct config none;
+
+        load_ok("", ini, &none);
+        load_ok(same, ini, &c);
+        free(c.tls.key_pem);
+        c.tls.key_pem = NULL;
+        c.tls.key_pem_len = 0;
+        c.tls.key_unreadable = true;
+        assert_int_equal(config_keep_tls_key(&c, &none), 0);
+        assert_true(c.tls.key_unreadable);
+        assert_null(c.tls.key_pem);
+        config_free(&c);
+        config_free(&none);
+    }
+    /* A configuration without [tls] at all: nothing to do. */
+    load_ok("", ini, &c);
+    assert_int_equal(config_keep_tls_key(&c, &old), 0);
+    assert_null(c.tls.key_pem);
+    config_free(&c);
+
+    config_free(&old);
+    tls_files_remove(dir);
 }
 
 /* ---- [parent NAME], [access] via, a rule's via ---- */
@@ -1230,6 +1588,10 @@ int main(void) {
         cmocka_unit_test(test_linked_rule_users),
         cmocka_unit_test(test_admin),
         cmocka_unit_test(test_listen_options),
+        cmocka_unit_test(test_tls_keys),
+        cmocka_unit_test(test_tls_errors),
+        cmocka_unit_test(test_tls_files),
+        cmocka_unit_test(test_tls_keep_key),
         cmocka_unit_test(test_parents),
         cmocka_unit_test(test_parents_credentials),
         cmocka_unit_test(test_parents_errors),

@@ -1,0 +1,53 @@
+/* transport: how bytes cross a tunnel's endpoint. A plain socket (recv/send, and splice when
+ * both ends of a direction are plain), or a TLS session over the socket (SSL_read/SSL_write;
+ * with kTLS transmit, plain writes again). The request reader, the refusal writer and the relay
+ * use these instead of touching the socket, so a new transport (an HTTP/2 stream) changes this
+ * file, not them. The plain case is inline: the hot path pays one predictable branch. */
+#ifndef CONNECTD_TRANSPORT_H
+#define CONNECTD_TRANSPORT_H
+
+#include <stdbool.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include <ev.h>
+
+#include "tunnel.h"
+
+ssize_t tp_tls_recv(struct ev_loop *loop, struct endpoint *e, void *buf, size_t n);
+ssize_t tp_tls_send(struct endpoint *e, const void *buf, size_t n);
+void tp_tls_read_on(struct ev_loop *loop, struct endpoint *e);
+
+/* Like recv(2): > 0 bytes, 0 at the end of the peer's data, -1 with errno (EAGAIN: wait for
+ * the read watcher; a TLS read that must write first arranges that itself). */
+static inline ssize_t tp_recv(struct ev_loop *loop, struct endpoint *e, void *buf, size_t n) {
+    if (!e->tls)
+        return recv(e->fd, buf, n, 0);
+    return tp_tls_recv(loop, e, buf, n);
+}
+
+/* Like send(2) without SIGPIPE: > 0 bytes accepted, -1 with errno (EAGAIN: wait for the write
+ * watcher). */
+static inline ssize_t tp_send(struct endpoint *e, const void *buf, size_t n) {
+    if (!e->tls || e->ktls_tx)
+        return send(e->fd, buf, n, MSG_NOSIGNAL);
+    return tp_tls_send(e, buf, n);
+}
+
+/* Start reading e. A TLS session may hold bytes it already took from the socket: then the read
+ * watcher is fed at once, since the socket itself may never become readable again. */
+static inline void tp_read_on(struct ev_loop *loop, struct endpoint *e) {
+    ev_io_start(loop, &e->rw);
+    if (e->tls)
+        tp_tls_read_on(loop, e);
+}
+
+/* The end of our bytes towards e: close_notify first on TLS, then the TCP FIN unless skip_fin
+ * (the close that follows sends it). -1 with errno when the socket refuses. */
+int tp_shutdown_write(struct endpoint *e, bool skip_fin);
+
+/* Free e's transport state (the caller closes the socket). A TLS session is dropped without
+ * close_notify: either tp_shutdown_write sent it, or the tunnel ended abnormally. */
+void tp_free(struct endpoint *e);
+
+#endif

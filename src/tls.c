@@ -1,0 +1,664 @@
+/* tls: OpenSSL contexts from [tls], and client sessions on non-blocking sockets. */
+#include "tls.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/ocsp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "log.h"
+#include "text.h"
+
+#ifndef TCP_ULP
+#define TCP_ULP 31
+#endif
+
+#define SESSION_CACHE 10000 /* server-side sessions per worker when tickets are off */
+
+struct tls_ctx {
+    SSL_CTX *ssl;
+    unsigned char *ocsp;
+    size_t ocsp_len;
+    unsigned char alpn[64];
+    size_t alpn_len;
+    char summary[256];
+};
+
+struct tls_conn {
+    SSL *ssl;
+    BIO *pre; /* bytes read before the session existed; the socket's turn comes after */
+    int fd;
+    bool truncated;
+    char err[120];
+};
+
+/* ---- ticket keys ---- */
+
+static unsigned char ticket_secret[32];
+static bool ticket_secret_set;
+
+struct ticket_key {
+    uint64_t epoch;
+    unsigned char name[16], aes[32], mac[32];
+    bool set;
+};
+
+static struct ticket_key ticket_keys[2]; /* by epoch parity: the current and the previous */
+
+int tls_global_init(char *err, size_t errlen) {
+    if (RAND_bytes(ticket_secret, sizeof ticket_secret) != 1) {
+        text_seterr(err, errlen, "TLS: no random bytes for the session ticket secret");
+        return -1;
+    }
+    ticket_secret_set = true;
+    return 0;
+}
+
+/* Key material for an epoch: HMAC-SHA-256(secret, label || epoch). Every worker derives the
+ * same keys from the secret it inherited, without talking to the others. */
+static int derive(const char *label, uint64_t epoch, unsigned char out[32]) {
+    unsigned char msg[16];
+    size_t ll = strlen(label);
+    unsigned int n = 0;
+    memcpy(msg, label, ll);
+    for (int i = 0; i < 8; i++)
+        msg[ll + (size_t)i] = (unsigned char)(epoch >> (56 - 8 * i));
+    return HMAC(EVP_sha256(), ticket_secret, (int)sizeof ticket_secret, msg, ll + 8, out, &n) &&
+                   n == 32
+               ? 0
+               : -1;
+}
+
+static const struct ticket_key *ticket_key(uint64_t epoch) {
+    struct ticket_key *k = &ticket_keys[epoch & 1];
+    if (k->set && k->epoch == epoch)
+        return k;
+    unsigned char name[32];
+    k->set = false;
+    if (derive("name", epoch, name) != 0 || derive("aes", epoch, k->aes) != 0 ||
+        derive("mac", epoch, k->mac) != 0)
+        return NULL;
+    memcpy(k->name, name, sizeof k->name);
+    k->epoch = epoch;
+    k->set = true;
+    return k;
+}
+
+static int ticket_keys_use(const struct ticket_key *k, unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                           EVP_MAC_CTX *hctx, int enc) {
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)k->mac, sizeof k->mac),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end()};
+    if (!EVP_MAC_CTX_set_params(hctx, params))
+        return -1;
+    if (enc)
+        return EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) ? 0 : -1;
+    return EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) ? 0 : -1;
+}
+
+/* OpenSSL asks for the keys to seal a new ticket (enc) or to open one a client presents:
+ * 1 = use, 2 = use and issue a fresh ticket (sealed under an older key), 0 = unknown (full
+ * handshake), -1 = error. */
+static int ticket_cb(SSL *s, unsigned char key_name[16], unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                     EVP_MAC_CTX *hctx, int enc) {
+    (void)s;
+    uint64_t epoch = (uint64_t)time(NULL) / TLS_TICKET_PERIOD;
+    if (enc) {
+        const struct ticket_key *k = ticket_key(epoch);
+        if (!k || RAND_bytes(iv, EVP_CIPHER_get_iv_length(EVP_aes_256_cbc())) != 1)
+            return -1;
+        memcpy(key_name, k->name, sizeof k->name);
+        return ticket_keys_use(k, iv, cctx, hctx, 1) == 0 ? 1 : -1;
+    }
+    for (uint64_t age = 0; age < 2; age++) {
+        const struct ticket_key *k = ticket_key(epoch - age);
+        if (k && memcmp(key_name, k->name, sizeof k->name) == 0) {
+            if (ticket_keys_use(k, iv, cctx, hctx, 0) != 0)
+                return -1;
+            return age == 0 ? 1 : 2;
+        }
+    }
+    return 0;
+}
+
+/* ---- contexts ---- */
+
+static void ssl_why(char *out, size_t outlen) {
+    unsigned long e = ERR_peek_last_error();
+    if (e == 0) {
+        text_seterr(out, outlen, "unknown OpenSSL error");
+        return;
+    }
+    ERR_error_string_n(e, out, outlen);
+    /* "error:0A00018F:SSL routines::ee key too small": keep the words after the last ':' */
+    const char *words = strrchr(out, ':');
+    if (words && words[1])
+        memmove(out, words + 1, strlen(words + 1) + 1);
+    ERR_clear_error();
+}
+
+static void time_text(const ASN1_TIME *t, char *out, size_t outlen) {
+    BIO *b = BIO_new(BIO_s_mem());
+    out[0] = '\0';
+    if (b && ASN1_TIME_print(b, t)) {
+        int n = BIO_read(b, out, (int)outlen - 1);
+        out[n > 0 ? n : 0] = '\0';
+    }
+    BIO_free(b);
+}
+
+/* An encrypted key would need a passphrase at every start: say so instead of prompting. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u) {
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    *(bool *)u = true;
+    return -1;
+}
+
+static int load_chain(struct tls_ctx *c, const struct tls_config *tc, X509 **leaf, char *err,
+                      size_t errlen) {
+    char why[160];
+    BIO *b = BIO_new_mem_buf(tc->cert_pem, (int)tc->cert_pem_len);
+    if (!b) {
+        text_seterr(err, errlen, "[tls] certificate: %s: out of memory", tc->certificate);
+        return -1;
+    }
+    *leaf = PEM_read_bio_X509_AUX(b, NULL, NULL, NULL);
+    if (!*leaf) {
+        ERR_clear_error();
+        text_seterr(err, errlen, "[tls] certificate: %s: no PEM certificate in it",
+                    tc->certificate);
+        BIO_free(b);
+        return -1;
+    }
+    if (SSL_CTX_use_certificate(c->ssl, *leaf) != 1) {
+        ssl_why(why, sizeof why);
+        text_seterr(err, errlen, "[tls] certificate: %s: %s", tc->certificate, why);
+        BIO_free(b);
+        return -1;
+    }
+    X509 *x;
+    while ((x = PEM_read_bio_X509(b, NULL, NULL, NULL)) != NULL) {
+        if (SSL_CTX_add0_chain_cert(c->ssl, x) != 1) {
+            X509_free(x);
+            ssl_why(why, sizeof why);
+            text_seterr(err, errlen, "[tls] certificate: %s: %s", tc->certificate, why);
+            BIO_free(b);
+            return -1;
+        }
+    }
+    unsigned long e = ERR_peek_last_error();
+    BIO_free(b);
+    if (e && !(ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)) {
+        ssl_why(why, sizeof why);
+        text_seterr(err, errlen, "[tls] certificate: %s: a chain certificate: %s", tc->certificate,
+                    why);
+        return -1;
+    }
+    ERR_clear_error();
+    return 0;
+}
+
+static int check_dates(const struct tls_config *tc, X509 *leaf, char *err, size_t errlen) {
+    char when[64];
+    if (X509_cmp_current_time(X509_get0_notAfter(leaf)) <= 0) {
+        time_text(X509_get0_notAfter(leaf), when, sizeof when);
+        text_seterr(err, errlen, "[tls] certificate: %s: expired on %s", tc->certificate, when);
+        return -1;
+    }
+    if (X509_cmp_current_time(X509_get0_notBefore(leaf)) > 0) {
+        time_text(X509_get0_notBefore(leaf), when, sizeof when);
+        text_seterr(err, errlen, "[tls] certificate: %s: not valid before %s", tc->certificate,
+                    when);
+        return -1;
+    }
+    return 0;
+}
+
+static int load_key(struct tls_ctx *c, const struct tls_config *tc, X509 *leaf, char *err,
+                    size_t errlen) {
+    bool wanted_pass = false;
+    if (tc->key_unreadable) {
+        text_seterr(err, errlen, "[tls] key: %s: cannot open: Permission denied", tc->key);
+        return -1;
+    }
+    BIO *b = BIO_new_mem_buf(tc->key_pem, (int)tc->key_pem_len);
+    EVP_PKEY *k = b ? PEM_read_bio_PrivateKey(b, NULL, no_passphrase, &wanted_pass) : NULL;
+    BIO_free(b);
+    if (!k) {
+        ERR_clear_error();
+        text_seterr(err, errlen, "[tls] key: %s: %s", tc->key,
+                    wanted_pass ? "the key is encrypted (connectd cannot ask for a passphrase)"
+                                : "no PEM private key in it");
+        return -1;
+    }
+    int rc = -1;
+    if (X509_check_private_key(leaf, k) != 1) {
+        ERR_clear_error();
+        text_seterr(err, errlen, "[tls] certificate: %s does not match the key %s", tc->certificate,
+                    tc->key);
+    } else if (SSL_CTX_use_PrivateKey(c->ssl, k) != 1) {
+        char why[160];
+        ssl_why(why, sizeof why);
+        text_seterr(err, errlen, "[tls] key: %s: %s", tc->key, why);
+    } else {
+        rc = 0;
+    }
+    EVP_PKEY_free(k);
+    return rc;
+}
+
+/* The staple must be a successful OCSP response that has not expired. */
+static int load_ocsp(struct tls_ctx *c, const struct tls_config *tc, char *err, size_t errlen) {
+    const unsigned char *p = (const unsigned char *)tc->ocsp_der;
+    OCSP_RESPONSE *r = d2i_OCSP_RESPONSE(NULL, &p, (long)tc->ocsp_der_len);
+    OCSP_BASICRESP *bs = NULL;
+    int rc = -1;
+    if (!r) {
+        ERR_clear_error();
+        text_seterr(err, errlen, "[tls] ocsp_staple: %s: not a DER OCSP response", tc->ocsp_staple);
+        return -1;
+    }
+    if (OCSP_response_status(r) != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+        text_seterr(err, errlen, "[tls] ocsp_staple: %s: the response is not successful (%s)",
+                    tc->ocsp_staple, OCSP_response_status_str(OCSP_response_status(r)));
+        goto out;
+    }
+    bs = OCSP_response_get1_basic(r);
+    OCSP_SINGLERESP *one = bs ? OCSP_resp_get0(bs, 0) : NULL;
+    ASN1_GENERALIZEDTIME *next = NULL;
+    if (!one || OCSP_single_get0_status(one, NULL, NULL, NULL, &next) < 0) {
+        ERR_clear_error();
+        text_seterr(err, errlen, "[tls] ocsp_staple: %s: no certificate status in it",
+                    tc->ocsp_staple);
+        goto out;
+    }
+    if (next && X509_cmp_current_time(next) <= 0) {
+        char when[64];
+        time_text(next, when, sizeof when);
+        text_seterr(err, errlen, "[tls] ocsp_staple: %s: expired on %s", tc->ocsp_staple, when);
+        goto out;
+    }
+    c->ocsp = malloc(tc->ocsp_der_len);
+    if (!c->ocsp) {
+        text_seterr(err, errlen, "[tls] ocsp_staple: out of memory");
+        goto out;
+    }
+    memcpy(c->ocsp, tc->ocsp_der, tc->ocsp_der_len);
+    c->ocsp_len = tc->ocsp_der_len;
+    rc = 0;
+out:
+    OCSP_BASICRESP_free(bs);
+    OCSP_RESPONSE_free(r);
+    return rc;
+}
+
+static int status_cb(SSL *s, void *arg) {
+    const struct tls_ctx *c = arg;
+    if (!c->ocsp)
+        return SSL_TLSEXT_ERR_NOACK;
+    unsigned char *copy = OPENSSL_memdup(c->ocsp, c->ocsp_len);
+    if (!copy || SSL_set_tlsext_status_ocsp_resp(s, copy, (long)c->ocsp_len) != 1) {
+        OPENSSL_free(copy);
+        return SSL_TLSEXT_ERR_NOACK;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* Our order of preference; no protocol in common is fatal (RFC 7301 section 3.2). */
+static int alpn_cb(SSL *s, const unsigned char **out, unsigned char *outlen,
+                   const unsigned char *in, unsigned int inlen, void *arg) {
+    (void)s;
+    const struct tls_ctx *c = arg;
+    unsigned char *sel = NULL;
+    if (SSL_select_next_proto(&sel, outlen, c->alpn, (unsigned)c->alpn_len, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    *out = sel;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static void describe(struct tls_ctx *c, X509 *leaf) {
+    char subject[128] = "?", serial[80] = "?", until[64] = "?";
+    X509_NAME_oneline(X509_get_subject_name(leaf), subject, sizeof subject);
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(leaf), NULL);
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    if (hex)
+        snprintf(serial, sizeof serial, "%.70s", hex);
+    OPENSSL_free(hex);
+    BN_free(bn);
+    time_text(X509_get0_notAfter(leaf), until, sizeof until);
+    snprintf(c->summary, sizeof c->summary, "%s, serial %s, valid until %s", subject, serial,
+             until);
+}
+
+struct tls_ctx *tls_ctx_new(const struct tls_config *tc, char *err, size_t errlen) {
+    struct tls_ctx *c = calloc(1, sizeof *c);
+    X509 *leaf = NULL;
+    ERR_clear_error();
+    if (!c || !(c->ssl = SSL_CTX_new(TLS_server_method()))) {
+        text_seterr(err, errlen, "[tls]: out of memory");
+        goto fail;
+    }
+    SSL_CTX *s = c->ssl;
+    SSL_CTX_set_min_proto_version(s, tc->min_version == 13 ? TLS1_3_VERSION : TLS1_2_VERSION);
+    uint64_t opts = SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
+                    SSL_OP_NO_COMPRESSION | SSL_OP_SINGLE_ECDH_USE;
+    if (!tc->session_tickets)
+        opts |= SSL_OP_NO_TICKET;
+    char why[80];
+    if (tls_ktls_available(why, sizeof why))
+        opts |= SSL_OP_ENABLE_KTLS;
+    SSL_CTX_set_options(s, opts);
+    /* Partial writes and a moving buffer: the relay hands over what its buffer holds and
+     * retries with the same bytes at another address after a compaction. Idle sessions give
+     * their record buffers back. */
+    SSL_CTX_set_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                            SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_read_ahead(s, 1); /* one read(2) may carry many records */
+    if (tc->session_tickets) {
+        if (!ticket_secret_set && tls_global_init(err, errlen) != 0)
+            goto fail;
+        SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_num_tickets(s, 1);
+        SSL_CTX_set_tlsext_ticket_key_evp_cb(s, ticket_cb);
+    } else {
+        SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_SERVER);
+        SSL_CTX_sess_set_cache_size(s, SESSION_CACHE);
+    }
+    SSL_CTX_set_timeout(s, 2 * TLS_TICKET_PERIOD);
+    static const unsigned char sid_ctx[] = "connectd";
+    SSL_CTX_set_session_id_context(s, sid_ctx, sizeof sid_ctx - 1);
+    memcpy(c->alpn, tc->alpn, tc->alpn_len);
+    c->alpn_len = tc->alpn_len;
+    SSL_CTX_set_alpn_select_cb(s, alpn_cb, c);
+    if (load_chain(c, tc, &leaf, err, errlen) != 0 || check_dates(tc, leaf, err, errlen) != 0 ||
+        load_key(c, tc, leaf, err, errlen) != 0)
+        goto fail;
+    if (tc->ocsp_der) {
+        if (load_ocsp(c, tc, err, errlen) != 0)
+            goto fail;
+        SSL_CTX_set_tlsext_status_cb(s, status_cb);
+        SSL_CTX_set_tlsext_status_arg(s, c);
+    }
+    describe(c, leaf);
+    X509_free(leaf);
+    return c;
+fail:
+    X509_free(leaf);
+    tls_ctx_free(c);
+    ERR_clear_error();
+    return NULL;
+}
+
+int tls_check(const struct tls_config *tc, char *err, size_t errlen) {
+    if (!tc->certificate)
+        return 0;
+    struct tls_ctx *c = tls_ctx_new(tc, err, errlen);
+    tls_ctx_free(c);
+    return c ? 0 : -1;
+}
+
+int tls_keep_key(struct config *nc, const struct config *old) {
+    int r = config_keep_tls_key(nc, old);
+    if (r == 1)
+        log_warn("reload: [tls] key %s is readable by root only: using the key read at start "
+                 "(a new key takes a restart)",
+                 nc->tls.key);
+    else if (r == -1)
+        log_error("reload: out of memory for the [tls] key; still serving the previous "
+                  "configuration");
+    return r == -1 ? -1 : 0;
+}
+
+void tls_ctx_free(struct tls_ctx *c) {
+    if (!c)
+        return;
+    SSL_CTX_free(c->ssl);
+    free(c->ocsp);
+    free(c);
+}
+
+void tls_ctx_describe(const struct tls_ctx *c, char *out, size_t outlen) {
+    snprintf(out, outlen, "%s", c->summary);
+}
+
+/* ---- kTLS ---- */
+
+bool tls_ktls_available(char *why, size_t whylen) {
+    static int known = -1; /* the kernel does not change under us: probe once */
+    static char said[80];
+    if (known >= 0) {
+        snprintf(why, whylen, "%s", said);
+        return known == 1;
+    }
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), c = -1, a = -1;
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof sin;
+    known = 0;
+    if (l == -1 || bind(l, (struct sockaddr *)&sin, sizeof sin) == -1 || listen(l, 1) == -1 ||
+        getsockname(l, (struct sockaddr *)&sin, &len) == -1 ||
+        (c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1 ||
+        connect(c, (struct sockaddr *)&sin, sizeof sin) == -1) {
+        snprintf(said, sizeof said, "cannot probe: %s", strerror(errno));
+    } else if (setsockopt(c, IPPROTO_TCP, TCP_ULP, "tls", 3) == -1) {
+        snprintf(said, sizeof said, "the kernel has no TLS ULP (%s)", strerror(errno));
+    } else {
+        known = 1;
+        snprintf(said, sizeof said, "the kernel offers kTLS");
+    }
+    a = l != -1 ? accept(l, NULL, NULL) : -1;
+    if (a != -1)
+        close(a);
+    if (c != -1)
+        close(c);
+    if (l != -1)
+        close(l);
+    snprintf(why, whylen, "%s", said);
+    return known == 1;
+}
+
+/* ---- sessions ---- */
+
+struct tls_conn *tls_conn_new(struct tls_ctx *c, int fd, const void *pre, size_t prelen) {
+    struct tls_conn *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->fd = fd;
+    s->ssl = SSL_new(c->ssl);
+    if (!s->ssl)
+        goto fail;
+    if (prelen == 0) {
+        if (SSL_set_fd(s->ssl, fd) != 1)
+            goto fail;
+    } else {
+        BIO *w = BIO_new_socket(fd, BIO_NOCLOSE);
+        s->pre = BIO_new(BIO_s_mem());
+        if (!w || !s->pre || BIO_write(s->pre, pre, (int)prelen) != (int)prelen) {
+            BIO_free(w);
+            BIO_free(s->pre);
+            goto fail;
+        }
+        BIO_set_mem_eof_return(s->pre, -1); /* empty is "try again", not the end */
+        SSL_set_bio(s->ssl, s->pre, w);
+    }
+    SSL_set_accept_state(s->ssl);
+    return s;
+fail:
+    ERR_clear_error();
+    SSL_free(s->ssl);
+    free(s);
+    return NULL;
+}
+
+/* Once OpenSSL has taken every byte read before it existed, it reads the socket. Returns true
+ * when it switched just now (the caller retries what waited for more bytes). */
+static bool pre_drained(struct tls_conn *s) {
+    if (!s->pre || BIO_ctrl_pending(s->pre) > 0)
+        return false;
+    BIO *sock = BIO_new_socket(s->fd, BIO_NOCLOSE);
+    if (!sock)
+        return false;            /* out of memory: try again at the next event */
+    SSL_set0_rbio(s->ssl, sock); /* frees the memory BIO */
+    s->pre = NULL;
+    return true;
+}
+
+void tls_conn_free(struct tls_conn *s) {
+    if (!s)
+        return;
+    SSL_free(s->ssl);
+    free(s);
+}
+
+/* Map a failed call (ret: its return value): a WANT, 0 for the end of the client's data, or -1
+ * with errno and s->err set. */
+static int failed(struct tls_conn *s, int ret) {
+    int saved = errno, e = SSL_get_error(s->ssl, ret);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+        return TLS_WANT_READ;
+    case SSL_ERROR_WANT_WRITE:
+        return TLS_WANT_WRITE;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (ERR_peek_error() == 0) {
+            if (saved == 0) { /* the peer's TCP ended in the middle of a record */
+                s->truncated = true;
+                snprintf(s->err, sizeof s->err, "connection closed without close_notify");
+                errno = ECONNRESET;
+                return -1;
+            }
+            snprintf(s->err, sizeof s->err, "%s", strerror(saved));
+            errno = saved;
+            return -1;
+        }
+        break;
+    case SSL_ERROR_SSL: {
+        unsigned long le = ERR_peek_last_error();
+        if (ERR_GET_LIB(le) == ERR_LIB_SSL &&
+            ERR_GET_REASON(le) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+            ERR_clear_error();
+            s->truncated = true;
+            snprintf(s->err, sizeof s->err, "connection closed without close_notify");
+            return 0; /* the client is gone without saying so: its data has ended all the same */
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    ssl_why(s->err, sizeof s->err);
+    errno = EPROTO;
+    return -1;
+}
+
+int tls_conn_handshake(struct tls_conn *s) {
+    for (;;) {
+        ERR_clear_error();
+        errno = 0;
+        int r = SSL_do_handshake(s->ssl);
+        if (r == 1) {
+            (void)pre_drained(s);
+            return TLS_DONE;
+        }
+        r = failed(s, r);
+        if (r == TLS_WANT_READ && pre_drained(s))
+            continue;
+        return r == 0 ? -1 : r; /* close_notify before the handshake ended: a failure too */
+    }
+}
+
+ssize_t tls_conn_read(struct tls_conn *s, void *buf, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        ERR_clear_error();
+        size_t r = 0;
+        errno = 0;
+        int ok = SSL_read_ex(s->ssl, (char *)buf + got, n - got, &r);
+        if (ok) {
+            got += r;
+            continue;
+        }
+        int f = failed(s, 0);
+        if (f == TLS_WANT_READ && pre_drained(s))
+            continue;
+        if (got > 0)
+            return (ssize_t)got; /* the end or the error shows again on the next call */
+        return f;
+    }
+    return (ssize_t)got;
+}
+
+ssize_t tls_conn_write(struct tls_conn *s, const void *buf, size_t n) {
+    size_t done = 0;
+    while (done < n) {
+        ERR_clear_error();
+        size_t w = 0;
+        errno = 0;
+        if (SSL_write_ex(s->ssl, (const char *)buf + done, n - done, &w)) {
+            done += w;
+            continue;
+        }
+        int f = failed(s, 0);
+        if (done > 0 && (f == TLS_WANT_WRITE || f == TLS_WANT_READ))
+            return (ssize_t)done;
+        if (f == 0) { /* cannot happen when writing; treat as a reset */
+            errno = EPIPE;
+            return -1;
+        }
+        return f;
+    }
+    return (ssize_t)done;
+}
+
+void tls_conn_close_notify(struct tls_conn *s) {
+    ERR_clear_error();
+    if (!(SSL_get_shutdown(s->ssl) & SSL_SENT_SHUTDOWN))
+        (void)SSL_shutdown(s->ssl);
+    ERR_clear_error();
+}
+
+bool tls_conn_pending(const struct tls_conn *s) {
+    return SSL_has_pending(s->ssl) == 1;
+}
+
+bool tls_conn_truncated(const struct tls_conn *s) {
+    return s->truncated;
+}
+
+const char *tls_conn_error(const struct tls_conn *s) {
+    return s->err[0] ? s->err : "no error";
+}
+
+const char *tls_conn_version(const struct tls_conn *s) {
+    return SSL_get_version(s->ssl);
+}
+
+bool tls_conn_resumed(const struct tls_conn *s) {
+    return SSL_session_reused(s->ssl) == 1;
+}
+
+bool tls_conn_ktls_send(const struct tls_conn *s) {
+    return BIO_get_ktls_send(SSL_get_wbio(s->ssl)) == 1;
+}
