@@ -49,7 +49,6 @@ struct tls_config {
     char alpn[64];       /* wire format: length-prefixed protocol names */
     size_t alpn_len;
     bool session_tickets; /* stateless resumption */
-    int line;             /* the [tls] section's first line, for messages; 0 = no section */
 };
 
 /* [parent NAME]: a proxy to send tunnels through (it gets connectd's own CONNECT). */

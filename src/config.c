@@ -922,7 +922,7 @@ static int check_line(struct ctx *x, const char *p, size_t n) {
         } else if (!known_section(p + 1, sl)) {
             fail(x,
                  "%s:%d: [%.*s]: unknown section (known: [server] [access] [dns] [timeouts] "
-                 "[limits] [log] [auth] [admin] [parent NAME])",
+                 "[limits] [log] [auth] [admin] [tls] [parent NAME])",
                  x->name, x->lineno, (int)sl, p + 1);
             return -1;
         }
@@ -1376,7 +1376,6 @@ static int load_tls_files(struct ctx *x) {
         fail(x, "%s:%d: [tls] ocsp_staple: %s", x->name, oline, why);
         return -1;
     }
-    t->line = cline;
     return 0;
 }
 

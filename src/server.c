@@ -216,8 +216,10 @@ static void reload(struct server *srv) {
         log_error("reload: %s; still serving the previous configuration", err);
         goto done;
     }
-    if (tls_keep_key(&nc, &srv->gen->cfg) != 0)
+    if (tls_keep_key(&nc, &srv->gen->cfg) != 0) {
+        config_free(&nc);
         goto done;
+    }
     /* Draining, the proxy listeners are closed on purpose: a reload must not open them again. */
     bool relisten = !srv->draining && !listeners_match(srv, &nc);
     if (relisten && !srv->own_listeners) {

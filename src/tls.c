@@ -36,6 +36,7 @@ struct tls_ctx {
     SSL_CTX *ssl;
     unsigned char *ocsp;
     size_t ocsp_len;
+    time_t ocsp_until; /* its nextUpdate: not stapled from then on; 0 = none given */
     unsigned char alpn[64];
     size_t alpn_len;
     char summary[256];
@@ -238,7 +239,10 @@ static int load_key(struct tls_ctx *c, const struct tls_config *tc, X509 *leaf, 
                     size_t errlen) {
     bool wanted_pass = false;
     if (tc->key_unreadable) {
-        text_seterr(err, errlen, "[tls] key: %s: cannot open: Permission denied", tc->key);
+        text_seterr(err, errlen,
+                    "[tls] key: %s: cannot open: Permission denied (a key file that only root "
+                    "may read is read at start: a new one takes a restart)",
+                    tc->key);
         return -1;
     }
     BIO *b = BIO_new_mem_buf(tc->key_pem, (int)tc->key_pem_len);
@@ -267,7 +271,9 @@ static int load_key(struct tls_ctx *c, const struct tls_config *tc, X509 *leaf, 
     return rc;
 }
 
-/* The staple must be a successful OCSP response that has not expired. */
+/* The staple must be a successful OCSP response. One past its nextUpdate is not stapled (a
+ * client would reject it), now or once it expires while we run: an optional extra must not
+ * stop the proxy, so that is a warning, not an error. */
 static int load_ocsp(struct tls_ctx *c, const struct tls_config *tc, char *err, size_t errlen) {
     const unsigned char *p = (const unsigned char *)tc->ocsp_der;
     OCSP_RESPONSE *r = d2i_OCSP_RESPONSE(NULL, &p, (long)tc->ocsp_der_len);
@@ -292,10 +298,14 @@ static int load_ocsp(struct tls_ctx *c, const struct tls_config *tc, char *err, 
                     tc->ocsp_staple);
         goto out;
     }
+    struct tm until;
+    if (next && ASN1_TIME_to_tm(next, &until) == 1)
+        c->ocsp_until = timegm(&until);
     if (next && X509_cmp_current_time(next) <= 0) {
         char when[64];
         time_text(next, when, sizeof when);
-        text_seterr(err, errlen, "[tls] ocsp_staple: %s: expired on %s", tc->ocsp_staple, when);
+        log_warn("tls: [tls] ocsp_staple %s expired on %s: not stapling it", tc->ocsp_staple, when);
+        rc = 0;
         goto out;
     }
     c->ocsp = malloc(tc->ocsp_der_len);
@@ -314,7 +324,7 @@ out:
 
 static int status_cb(SSL *s, void *arg) {
     const struct tls_ctx *c = arg;
-    if (!c->ocsp)
+    if (!c->ocsp || (c->ocsp_until && time(NULL) >= c->ocsp_until))
         return SSL_TLSEXT_ERR_NOACK;
     unsigned char *copy = OPENSSL_memdup(c->ocsp, c->ocsp_len);
     if (!copy || SSL_set_tlsext_status_ocsp_resp(s, copy, (long)c->ocsp_len) != 1) {
@@ -362,13 +372,25 @@ struct tls_ctx *tls_ctx_new(const struct tls_config *tc, char *err, size_t errle
     SSL_CTX *s = c->ssl;
     SSL_CTX_set_min_proto_version(s, tc->min_version == 13 ? TLS1_3_VERSION : TLS1_2_VERSION);
     uint64_t opts = SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE |
-                    SSL_OP_NO_COMPRESSION | SSL_OP_SINGLE_ECDH_USE;
+                    SSL_OP_NO_COMPRESSION | SSL_OP_PRIORITIZE_CHACHA;
     if (!tc->session_tickets)
         opts |= SSL_OP_NO_TICKET;
     char why[80];
     if (tls_ktls_available(why, sizeof why))
         opts |= SSL_OP_ENABLE_KTLS;
     SSL_CTX_set_options(s, opts);
+    /* Mozilla's "intermediate" choice: AEAD suites with forward secrecy only. AES-128-GCM
+     * first: as safe in practice and the cheapest per byte with AES-NI, which matters to a
+     * relay; a client that puts ChaCha20 first (no AES-NI) gets it (PRIORITIZE_CHACHA). */
+    static const char suites13[] =
+        "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+    static const char suites12[] =
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+        "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
+    if (SSL_CTX_set_ciphersuites(s, suites13) != 1 || SSL_CTX_set_cipher_list(s, suites12) != 1) {
+        text_seterr(err, errlen, "[tls]: OpenSSL refuses the cipher list");
+        goto fail;
+    }
     /* Partial writes and a moving buffer: the relay hands over what its buffer holds and
      * retries with the same bytes at another address after a compaction. Idle sessions give
      * their record buffers back. */
@@ -421,8 +443,8 @@ int tls_check(const struct tls_config *tc, char *err, size_t errlen) {
 int tls_keep_key(struct config *nc, const struct config *old) {
     int r = config_keep_tls_key(nc, old);
     if (r == 1)
-        log_warn("reload: [tls] key %s is readable by root only: using the key read at start "
-                 "(a new key takes a restart)",
+        log_warn("reload: [tls] key %s is not readable by this user any more: using the key read "
+                 "at start (a new key takes a restart)",
                  nc->tls.key);
     else if (r == -1)
         log_error("reload: out of memory for the [tls] key; still serving the previous "

@@ -1295,9 +1295,9 @@ static void test_parents_errors(void **state) {
          "t.ini:4: [parent a]: already defined on line 1"},
         /* "[parent]" and "[parent ]" name no parent: they are unknown sections. */
         {"[parent]\n", "t.ini:1: [parent]: unknown section (known: [server] [access] [dns] "
-                       "[timeouts] [limits] [log] [auth] [admin] [parent NAME])"},
+                       "[timeouts] [limits] [log] [auth] [admin] [tls] [parent NAME])"},
         {"[parent ]\n", "t.ini:1: [parent ]: unknown section (known: [server] [access] [dns] "
-                        "[timeouts] [limits] [log] [auth] [admin] [parent NAME])"},
+                        "[timeouts] [limits] [log] [auth] [admin] [tls] [parent NAME])"},
         {"[parent a] x\n", "t.ini:1: [parent a]: unexpected text after ']'"},
         /* Keys. */
         {"[parent a]\nport = 3128\n", "t.ini:2: [parent a] port: unknown key (known: address, "
@@ -1537,7 +1537,7 @@ static void test_file_errors(void **state) {
     assert_int_equal(config_load_file("tests/unit/data/bad_section.ini", &c, err, sizeof err), -1);
     assert_string_equal(err, "tests/unit/data/bad_section.ini:7: [acess]: unknown section "
                              "(known: [server] [access] [dns] [timeouts] [limits] [log] [auth] "
-                             "[admin] [parent NAME])");
+                             "[admin] [tls] [parent NAME])");
     assert_true(all_zero(&c, sizeof c));
 
     /* A NUL byte cannot be represented by the string API, so only a file can have it. */
