@@ -7,6 +7,7 @@
 #   make fuzz       each libFuzzer harness for FUZZ_SECONDS (60)
 #   make check-valgrind  the integration tests with connectd under valgrind memcheck
 #   make bench      side-by-side benchmark with tinyproxy and squid (BENCHMARKS.md)
+#   make bench-tls  the HTTPS-proxy listener next to Squid https_port and stunnel+tinyproxy
 #   make install    PREFIX=/usr/local DESTDIR=
 
 PREFIX  ?= /usr/local
@@ -42,7 +43,7 @@ IO_OBJ   := $(IO_SRC:%.c=$(BUILD)/%.o)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps deps-test run check unit integration format format-check lint asan bench install \
-        docs-check clean fuzz fuzz-short check-valgrind
+        docs-check clean fuzz fuzz-short check-valgrind bench-tls
 .DEFAULT_GOAL := all
 
 all: $(BIN)
@@ -197,6 +198,11 @@ bench-metrics:
 # (bench/chain.py).
 bench-chain:
 	$(PYTHON) bench/chain.py
+
+# connectd's TLS listener next to Squid https_port and stunnel+tinyproxy (bench/tls.py;
+# BENCH_TLS_ARGS=--quick for a run of a few minutes).
+bench-tls:
+	$(PYTHON) bench/tls.py $(BENCH_TLS_ARGS)
 
 # Installs under $(DESTDIR): the binary in $(PREFIX)/sbin; in /etc/connectd the shipped
 # config as proxy.ini only when there is none (an operator's file is never replaced) and, always,

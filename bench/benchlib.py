@@ -263,6 +263,7 @@ def add_noise_args(ap):
 # ---- building ----------------------------------------------------------------------------------
 
 BENCH_CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE"]
+BENCH_LIBS = {"loadgen": ["-lssl", "-lcrypto"]}  # loadgen --tls (OpenSSL; Debian libssl-dev)
 
 
 def build_tools(bin_dir, log, beside=None):
@@ -276,12 +277,13 @@ def build_tools(bin_dir, log, beside=None):
         if not os.path.exists(out) or os.path.getmtime(src) > os.path.getmtime(out):
             log(f"building build/bench/{tool}")
             if beside is None:
-                subprocess.run([cc] + BENCH_CFLAGS + ["-pthread", "-o", out, src], check=True)
+                subprocess.run([cc] + BENCH_CFLAGS + ["-pthread", "-o", out, src] +
+                               BENCH_LIBS.get(tool, []), check=True)
                 continue
             tmp_out = f"{out}.{beside}-{os.getpid()}"
             try:
-                subprocess.run([cc] + BENCH_CFLAGS + ["-pthread", "-o", tmp_out, src],
-                               check=True)
+                subprocess.run([cc] + BENCH_CFLAGS + ["-pthread", "-o", tmp_out, src] +
+                               BENCH_LIBS.get(tool, []), check=True)
                 os.replace(tmp_out, out)
             finally:
                 if os.path.exists(tmp_out):

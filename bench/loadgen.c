@@ -41,6 +41,26 @@
  *   --timeout S         hard bound on the whole run (default: derived from the phases)
  *   --label TEXT        copied into the JSON line
  *
+ * TLS to the proxy (an HTTPS proxy: TLS between client and proxy, the CONNECT inside it):
+ *   --tls               after the TCP connect, a TLS handshake with the proxy (OpenSSL, TLS 1.2
+ *                       or later, ALPN "http/1.1"); the CONNECT, the reply, the echo and the
+ *                       stream then go through TLS; close sends close_notify. Every mode works
+ *                       over TLS; not with --direct or --proxy-v2. No certificate check unless:
+ *   --cacert FILE       verify the proxy's certificate against FILE (and its IP address SAN)
+ *   --tls-suites LIST   offer only these TLS 1.3 cipher suites (SSL_CTX_set_ciphersuites, e.g.
+ *                       TLS_AES_128_GCM_SHA256), to hold the suite equal across proxies
+ *   --tls-resume        resume sessions: each connection slot of a worker (C per worker in
+ *                       handshakes/latency) keeps the session of its last connection
+ *                       (SSL_get1_session once the echo is back, so TLS 1.3 tickets have
+ *                       arrived) and offers it on its next one (SSL_set_session); the first of
+ *                       each slot is a full handshake. Without it every handshake is full.
+ *   With --tls the JSON line adds: tls_version, tls_cipher, tls_group (of the first handshake),
+ *   tls_handshakes and tls_resumed (completed TLS handshakes, and how many of them resumed a
+ *   session: in the window for handshakes/throughput, over the whole run otherwise) and, for
+ *   handshakes/latency, the p50/p99 of the TLS handshake alone (TCP connected -> handshake done,
+ *   tls_hs_*) and of CONNECT->200 alone (CONNECT written -> 200 read, req_*); p50_ms etc. stay
+ *   connect()->200, the TLS handshake included.
+ *
  * Output: one JSON line on stdout (machine-readable), then one human line on stderr.
  * Only loopback addresses (127.0.0.0/8, ::1) are accepted for --proxy and --target. */
 #ifndef _GNU_SOURCE
@@ -66,6 +86,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #define PING_LEN    64
 #define HDR_CAP     2048
 #define MAX_THREADS 16
@@ -74,7 +98,7 @@
 #define PROXYV2_MAX 52        /* 16-byte fixed part + two IPv6 addresses and ports */
 
 enum mode { M_THROUGHPUT = 1, M_HANDSHAKES, M_LATENCY, M_IDLE };
-enum state { S_CONNECTING = 1, S_READ_REPLY, S_READ_ECHO, S_STREAM, S_IDLE };
+enum state { S_CONNECTING = 1, S_TLS_HANDSHAKE, S_READ_REPLY, S_READ_ECHO, S_STREAM, S_IDLE };
 
 struct opts {
     enum mode mode;
@@ -82,8 +106,12 @@ struct opts {
     socklen_t proxy_len, target_len;
     char target_str[128];
     bool direct;
-    bool proxy_v2; /* a PROXY v2 header before the CONNECT request */
-    bool up;       /* throughput direction */
+    bool proxy_v2;   /* a PROXY v2 header before the CONNECT request */
+    bool up;         /* throughput direction */
+    bool tls;        /* TLS to the proxy */
+    bool tls_resume; /* offer each slot's last session */
+    const char *cacert;
+    const char *tls_suites;
     int tunnels, concurrency, threads, open_concurrency;
     long count, warmup_count;
     double seconds, warmup, hold, timeout, open_timeout;
@@ -97,8 +125,18 @@ struct conn {
     enum state st;
     uint32_t events;
     double t0;
+    double t_tcp; /* --tls: TCP connected, handshake started */
+    double t_req; /* --tls: handshake done, CONNECT written */
+    SSL *ssl;     /* --tls only */
+    int slot;     /* --tls-resume: index into the worker's sessions; -1 when none */
     size_t hlen, got;
     char hdr[HDR_CAP];
+};
+
+/* Extra latency samples (--tls). */
+struct samples {
+    double *v;
+    long n, cap;
 };
 
 struct worker {
@@ -123,6 +161,12 @@ struct worker {
     double next_try;              /* after a long failure streak: no new connection before */
     double *samples;
     long nsamples, cap;
+    /* --tls only */
+    _Atomic uint64_t tls_done;    /* completed TLS handshakes */
+    _Atomic uint64_t tls_resumed; /* of which resumed a session */
+    struct samples tls_hs, req;   /* TLS handshake alone, CONNECT->200 alone (ms) */
+    SSL_SESSION **sess;           /* --tls-resume: one per slot */
+    int *free_slots, nfree;
     char err[160];
 };
 
@@ -132,6 +176,9 @@ static double g_hard_deadline;
 static unsigned char *g_chunk;
 static char g_request[512];
 static size_t g_request_len;
+static SSL_CTX *g_ssl_ctx;
+static _Atomic int g_tls_info_set;
+static char g_tls_version[32], g_tls_cipher[64], g_tls_group[64];
 static const unsigned char g_ping[PING_LEN] = "0123456789abcdef0123456789abcdef"
                                               "0123456789abcdef0123456789abcde";
 
@@ -304,10 +351,47 @@ static double proc_cpu_s(long pid) {
 
 /* ---- connections ---- */
 
-static void conn_free(struct worker *w, struct conn *c) {
+/* --tls: give the slot back, keep its session (--tls-resume), free the SSL. A clean close
+ * (the echo came back) sends close_notify first, as a well-behaved client does: one write, no
+ * wait for the peer's. After an error the SSL is freed without it. */
+static void conn_tls_free(struct worker *w, struct conn *c, bool clean) {
+    if (c->slot >= 0) {
+        w->free_slots[w->nfree++] = c->slot;
+        c->slot = -1;
+    }
+    if (!c->ssl)
+        return;
+    if (clean && SSL_is_init_finished(c->ssl))
+        (void)SSL_shutdown(c->ssl);
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+    ERR_clear_error();
+}
+
+static void conn_close(struct worker *w, struct conn *c, bool clean) {
+    if (O.tls)
+        conn_tls_free(w, c, clean);
     close(c->fd); /* also removes it from the epoll set */
     free(c);
     w->active--;
+}
+
+static void conn_free(struct worker *w, struct conn *c) {
+    conn_close(w, c, true);
+}
+
+static void add_to(struct samples *s, double ms) {
+    if (s->n == s->cap) {
+        if (s->cap >= MAX_SAMPLES)
+            return;
+        long ncap = s->cap ? s->cap * 2 : 4096;
+        double *p = realloc(s->v, (size_t)ncap * sizeof *p);
+        if (!p)
+            return;
+        s->v = p;
+        s->cap = ncap;
+    }
+    s->v[s->n++] = ms;
 }
 
 static void add_sample(struct worker *w, double ms) {
@@ -351,25 +435,96 @@ static void conn_fail(struct worker *w, struct conn *c, const char *what, int er
             w->opening--;
         }
     }
-    conn_free(w, c);
+    conn_close(w, c, false);
 }
 
 static void handshake_done(struct worker *w, struct conn *c) {
-    double ms = (now_s() - c->t0) * 1e3;
-    if (O.mode == M_LATENCY) {
-        if (w->finished >= O.warmup_count / O.threads)
-            add_sample(w, ms);
-    } else if (O.mode == M_HANDSHAKES && atomic_load_explicit(&w->record, memory_order_relaxed)) {
-        add_sample(w, ms);
+    double now = now_s();
+    double ms = (now - c->t0) * 1e3;
+    bool rec = false;
+    if (O.mode == M_LATENCY)
+        rec = w->finished >= O.warmup_count / O.threads;
+    else if (O.mode == M_HANDSHAKES)
+        rec = atomic_load_explicit(&w->record, memory_order_relaxed);
+    if (!rec)
+        return;
+    add_sample(w, ms);
+    if (O.tls) {
+        add_to(&w->tls_hs, (c->t_req - c->t_tcp) * 1e3);
+        add_to(&w->req, (now - c->t_req) * 1e3);
     }
 }
 
+/* ---- transport: plain socket or TLS ----
+ * io_recv/io_send return what recv/send would: bytes, 0 at EOF (recv; a TLS close_notify or,
+ * with SSL_OP_IGNORE_UNEXPECTED_EOF, a bare FIN), or -1 with errno EAGAIN when the TLS layer
+ * wants to read or write first (the caller waits for the next event, as for a plain EAGAIN),
+ * EPROTO for a TLS error (its text kept in g_tls_err of the calling thread). */
+
+static _Thread_local char g_tls_err[120];
+
+static void tls_note_error(int ssl_err) {
+    unsigned long e = ERR_get_error();
+    if (e)
+        ERR_error_string_n(e, g_tls_err, sizeof g_tls_err);
+    else
+        snprintf(g_tls_err, sizeof g_tls_err, "SSL_get_error %d", ssl_err);
+    ERR_clear_error();
+}
+
+static ssize_t tls_result(struct conn *c, int r) {
+    int e = SSL_get_error(c->ssl, r);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN;
+        return -1;
+    case SSL_ERROR_ZERO_RETURN:
+        return 0;
+    case SSL_ERROR_SYSCALL:
+        if (errno == 0)
+            errno = ECONNRESET;
+        ERR_clear_error();
+        return -1;
+    default:
+        tls_note_error(e);
+        errno = EPROTO;
+        return -1;
+    }
+}
+
+static ssize_t io_recv(struct conn *c, void *buf, size_t len) {
+    if (!c->ssl)
+        return recv(c->fd, buf, len, 0);
+    int r = SSL_read(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+    return r > 0 ? r : tls_result(c, r);
+}
+
+static ssize_t io_send(struct conn *c, const void *buf, size_t len) {
+    if (!c->ssl)
+        return send(c->fd, buf, len, MSG_NOSIGNAL);
+    int r = SSL_write(c->ssl, buf, len > INT32_MAX ? INT32_MAX : (int)len);
+    return r > 0 ? r : tls_result(c, r);
+}
+
+/* A failed io_*: conn_fail with the TLS error text when there is one. */
+static void io_fail(struct worker *w, struct conn *c, const char *what, int err) {
+    if (err == EPROTO && c->ssl) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s: TLS: %s", what, g_tls_err);
+        conn_fail(w, c, msg, 0);
+        return;
+    }
+    conn_fail(w, c, what, err);
+}
+
 static int send_all_small(struct worker *w, struct conn *c, const void *p, size_t n) {
-    /* Requests and pings are small: one send fits in an empty socket buffer. */
-    ssize_t k = send(c->fd, p, n, MSG_NOSIGNAL);
+    /* Requests and pings are small: one send fits in an empty socket buffer (and, over TLS,
+     * one record). */
+    ssize_t k = io_send(c, p, n);
     if (k == (ssize_t)n)
         return 0;
-    conn_fail(w, c, "send", k == -1 ? errno : 0);
+    io_fail(w, c, "send", k == -1 ? errno : 0);
     return -1;
 }
 
@@ -411,6 +566,91 @@ static size_t proxy_v2_header(int fd, unsigned char *out) {
     return n;
 }
 
+static void send_request(struct worker *w, struct conn *c);
+
+/* The name of the key exchange group, whichever OpenSSL 3.0 call knows it. */
+static const char *tls_group_name(SSL *ssl) {
+    int nid = SSL_get_negotiated_group(ssl);
+    const char *n = nid ? OBJ_nid2sn(nid & ~TLSEXT_nid_unknown) : NULL;
+    return n ? n : "?";
+}
+
+/* Drive the TLS handshake; once done, write the CONNECT request. */
+static void tls_step(struct worker *w, struct conn *c) {
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        c->t_req = now_s();
+        inc(&w->tls_done, 1);
+        if (SSL_session_reused(c->ssl))
+            inc(&w->tls_resumed, 1);
+        if (atomic_load_explicit(&g_tls_info_set, memory_order_relaxed) == 0 &&
+            atomic_exchange(&g_tls_info_set, 1) == 0) {
+            snprintf(g_tls_version, sizeof g_tls_version, "%s", SSL_get_version(c->ssl));
+            snprintf(g_tls_cipher, sizeof g_tls_cipher, "%s", SSL_get_cipher_name(c->ssl));
+            snprintf(g_tls_group, sizeof g_tls_group, "%s", tls_group_name(c->ssl));
+        }
+        send_request(w, c);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        if (set_events(w, c, e == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT) == -1)
+            conn_fail(w, c, "epoll_ctl", errno);
+        return;
+    }
+    if (e == SSL_ERROR_SYSCALL) {
+        int err = errno ? errno : ECONNRESET;
+        ERR_clear_error();
+        conn_fail(w, c, "TLS handshake", err);
+        return;
+    }
+    tls_note_error(e);
+    char msg[160];
+    snprintf(msg, sizeof msg, "TLS handshake: %s", g_tls_err);
+    conn_fail(w, c, msg, 0);
+}
+
+static void tls_start(struct worker *w, struct conn *c) {
+    c->st = S_TLS_HANDSHAKE;
+    c->t_tcp = now_s();
+    c->ssl = SSL_new(g_ssl_ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+        tls_note_error(0);
+        conn_fail(w, c, "SSL_new", ENOMEM);
+        return;
+    }
+    SSL_set_connect_state(c->ssl);
+    if (O.cacert) {
+        /* The certificate must name the address dialled (an IP address SAN). */
+        char ip[INET6_ADDRSTRLEN] = "";
+        const struct sockaddr_storage *a = &O.proxy;
+        if (a->ss_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)a)->sin_addr, ip, sizeof ip);
+        else
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)a)->sin6_addr, ip, sizeof ip);
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), ip);
+    }
+    if (c->slot >= 0 && w->sess[c->slot])
+        SSL_set_session(c->ssl, w->sess[c->slot]);
+    tls_step(w, c);
+}
+
+/* --tls-resume: keep the session of a connection that went well for its slot's next one. */
+static void tls_keep_session(struct worker *w, struct conn *c) {
+    if (c->slot < 0 || !c->ssl)
+        return;
+    SSL_SESSION *s = SSL_get1_session(c->ssl);
+    if (!s)
+        return;
+    if (!SSL_SESSION_is_resumable(s)) {
+        SSL_SESSION_free(s);
+        return;
+    }
+    if (w->sess[c->slot])
+        SSL_SESSION_free(w->sess[c->slot]);
+    w->sess[c->slot] = s;
+}
+
 /* The TCP connection is up (to the proxy, or to the target with --direct). */
 static void on_connected(struct worker *w, struct conn *c) {
     if (O.direct) {
@@ -431,6 +671,15 @@ static void on_connected(struct worker *w, struct conn *c) {
             conn_fail(w, c, "epoll_ctl", errno);
         return;
     }
+    if (O.tls) {
+        tls_start(w, c);
+        return;
+    }
+    send_request(w, c);
+}
+
+/* Write the CONNECT request (after the PROXY header, with --proxy-v2); wait for the reply. */
+static void send_request(struct worker *w, struct conn *c) {
     if (O.proxy_v2) {
         unsigned char buf[PROXYV2_MAX + sizeof g_request];
         size_t n = proxy_v2_header(c->fd, buf);
@@ -461,6 +710,7 @@ static int start_conn(struct worker *w) {
     }
     const struct sockaddr_storage *dst = O.direct ? &O.target : &O.proxy;
     socklen_t dlen = O.direct ? O.target_len : O.proxy_len;
+    c->slot = -1;
     c->fd = socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     w->started++;
     w->active++;
@@ -477,6 +727,8 @@ static int start_conn(struct worker *w) {
     }
     int one = 1;
     (void)setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (w->sess && w->nfree > 0)
+        c->slot = w->free_slots[--w->nfree];
     c->st = S_CONNECTING;
     c->t0 = now_s();
     int r = connect(c->fd, (const struct sockaddr *)dst, dlen);
@@ -509,12 +761,14 @@ static void echo_complete(struct worker *w, struct conn *c) {
     inc(&w->done, 1);
     w->finished++;
     w->fail_streak = 0;
+    if (O.tls_resume)
+        tls_keep_session(w, c);
     conn_free(w, c);
 }
 
 static void on_read_echo(struct worker *w, struct conn *c) {
     unsigned char buf[PING_LEN];
-    ssize_t n = recv(c->fd, buf, PING_LEN - c->got, 0);
+    ssize_t n = io_recv(c, buf, PING_LEN - c->got);
     if (n > 0) {
         if (memcmp(buf, g_ping + c->got, (size_t)n) != 0) {
             conn_fail(w, c, "echo mismatch", 0);
@@ -527,15 +781,15 @@ static void on_read_echo(struct worker *w, struct conn *c) {
     }
     if (n == -1 && (errno == EAGAIN || errno == EINTR))
         return;
-    conn_fail(w, c, n == 0 ? "eof before echo" : "recv echo", n == 0 ? 0 : errno);
+    io_fail(w, c, n == 0 ? "eof before echo" : "recv echo", n == 0 ? 0 : errno);
 }
 
 static void on_read_reply(struct worker *w, struct conn *c) {
-    ssize_t n = recv(c->fd, c->hdr + c->hlen, HDR_CAP - 1 - c->hlen, 0);
+    ssize_t n = io_recv(c, c->hdr + c->hlen, HDR_CAP - 1 - c->hlen);
     if (n <= 0) {
         if (n == -1 && (errno == EAGAIN || errno == EINTR))
             return;
-        conn_fail(w, c, n == 0 ? "eof before 200" : "recv reply", n == 0 ? 0 : errno);
+        io_fail(w, c, n == 0 ? "eof before 200" : "recv reply", n == 0 ? 0 : errno);
         return;
     }
     c->hlen += (size_t)n;
@@ -586,32 +840,39 @@ static void on_stream(struct worker *w, struct conn *c, uint32_t ev) {
             conn_fail(w, c, "tunnel closed", err);
             return;
         }
-        for (int i = 0; i < 8; i++) {
-            ssize_t n = send(c->fd, g_chunk, O.chunk, MSG_NOSIGNAL);
+        /* Over TLS (SSL_MODE_ENABLE_PARTIAL_WRITE) one SSL_write returns after one record
+         * (16 KiB): keep writing until the socket is full (EAGAIN), up to the same 2 MiB a turn.
+         * A retry after EAGAIN repeats the same call, as OpenSSL wants. */
+        int calls = c->ssl ? 128 : 8;
+        for (int i = 0; i < calls; i++) {
+            ssize_t n = io_send(c, g_chunk, O.chunk);
             if (n > 0) {
                 inc(&w->bytes, (uint64_t)n);
-                if ((size_t)n < O.chunk)
+                if (!c->ssl && (size_t)n < O.chunk)
                     return; /* socket buffer full */
                 continue;
             }
             if (n == -1 && (errno == EAGAIN || errno == EINTR))
                 return;
-            conn_fail(w, c, "send stream", errno);
+            io_fail(w, c, "send stream", errno);
             return;
         }
         return;
     }
-    for (int i = 0; i < 8; i++) {
-        ssize_t n = recv(c->fd, g_chunk, O.chunk, 0);
+    /* SSL_read returns one record (at most 16 KiB) a call, and without read-ahead leaves
+     * nothing buffered that epoll would not report: a bigger bound, the same 2 MiB a turn. */
+    int calls = c->ssl ? 128 : 8;
+    for (int i = 0; i < calls; i++) {
+        ssize_t n = io_recv(c, g_chunk, O.chunk);
         if (n > 0) {
             inc(&w->bytes, (uint64_t)n);
-            if ((size_t)n < O.chunk)
+            if (!c->ssl && (size_t)n < O.chunk)
                 return; /* drained */
             continue;
         }
         if (n == -1 && (errno == EAGAIN || errno == EINTR))
             return;
-        conn_fail(w, c, n == 0 ? "tunnel closed" : "recv stream", n == 0 ? 0 : errno);
+        io_fail(w, c, n == 0 ? "tunnel closed" : "recv stream", n == 0 ? 0 : errno);
         return;
     }
 }
@@ -632,6 +893,9 @@ static void on_event(struct worker *w, struct conn *c, uint32_t ev) {
         on_connected(w, c);
         return;
     }
+    case S_TLS_HANDSHAKE:
+        tls_step(w, c);
+        return;
     case S_READ_REPLY:
         on_read_reply(w, c);
         return;
@@ -644,9 +908,9 @@ static void on_event(struct worker *w, struct conn *c, uint32_t ev) {
     case S_IDLE: {
         /* Nothing should arrive on an idle tunnel: any event is data or a close. */
         char b[256];
-        ssize_t n = recv(c->fd, b, sizeof b, 0);
+        ssize_t n = io_recv(c, b, sizeof b);
         if (n == -1 && (errno == EAGAIN || errno == EINTR))
-            return;
+            return; /* over TLS: a late session ticket, say */
         conn_fail(w, c, n == 0 ? "idle tunnel closed" : "idle tunnel got data",
                   n == -1 ? errno : 0);
         return;
@@ -768,6 +1032,8 @@ static int usage(const char *why) {
             "  common: --proxy HOST:PORT --target HOST:PORT [--direct] [--pid PID]\n"
             "          [--proxy-v2] (a PROXY protocol v2 header before each CONNECT)\n"
             "          [--threads T] [--warmup S] [--chunk BYTES] [--timeout S] [--label TEXT]\n"
+            "          [--tls [--tls-resume] [--cacert FILE] [--tls-suites LIST]] (TLS to the "
+            "proxy)\n"
             "  loopback addresses only (127.0.0.0/8, ::1)\n");
     return 2;
 }
@@ -809,6 +1075,14 @@ static int parse_args(int argc, char **argv) {
             O.proxy_v2 = true;
             continue;
         }
+        if (strcmp(a, "--tls") == 0) {
+            O.tls = true;
+            continue;
+        }
+        if (strcmp(a, "--tls-resume") == 0) {
+            O.tls_resume = true;
+            continue;
+        }
         if (!v)
             return usage("option needs a value");
         i++;
@@ -846,6 +1120,10 @@ static int parse_args(int argc, char **argv) {
             O.timeout = strtod(v, NULL);
         else if (strcmp(a, "--label") == 0)
             O.label = v;
+        else if (strcmp(a, "--cacert") == 0)
+            O.cacert = v;
+        else if (strcmp(a, "--tls-suites") == 0)
+            O.tls_suites = v;
         else
             return usage("unknown option");
     }
@@ -853,6 +1131,10 @@ static int parse_args(int argc, char **argv) {
         return usage("--target is required");
     if (O.proxy_v2 && O.direct)
         return usage("--proxy-v2 is for a proxy, not with --direct");
+    if ((O.tls_resume || O.cacert || O.tls_suites) && !O.tls)
+        return usage("--tls-resume, --cacert and --tls-suites go with --tls");
+    if (O.tls && (O.direct || O.proxy_v2))
+        return usage("--tls is TLS to the proxy: not with --direct or --proxy-v2");
     int r = parse_addr(target, &O.target, &O.target_len);
     if (r == 0 && !O.direct)
         r = parse_addr(proxy, &O.proxy, &O.proxy_len);
@@ -948,6 +1230,91 @@ static void print_common(const char *mode, struct worker *ws) {
     json_str(err);
 }
 
+/* The samples of one kind from every worker, sorted (--tls); n set to how many. */
+static double *merge_sorted(struct worker *ws, size_t off, long *n) {
+    long ns = 0;
+    for (int i = 0; i < O.threads; i++)
+        ns += ((struct samples *)((char *)&ws[i] + off))->n;
+    double *all = malloc((size_t)(ns ? ns : 1) * sizeof *all);
+    if (!all) {
+        *n = 0;
+        return NULL;
+    }
+    long k = 0;
+    for (int i = 0; i < O.threads; i++) {
+        const struct samples *s = (const struct samples *)((char *)&ws[i] + off);
+        memcpy(all + k, s->v, (size_t)s->n * sizeof *all);
+        k += s->n;
+    }
+    qsort(all, (size_t)ns, sizeof *all, cmp_double);
+    *n = ns;
+    return all;
+}
+
+static char g_tls_human[320]; /* the second human line (--tls), printed after the first */
+
+/* --tls: the fields added to the JSON line (nothing without --tls, so that the plain line is
+ * unchanged), and the text of a second human line. hs/res: TLS handshakes and resumed ones
+ * counted. */
+static void print_tls(struct worker *ws, uint64_t hs, uint64_t res) {
+    if (!O.tls)
+        return;
+    printf(",\"tls\":true,\"tls_resume\":%s,\"tls_version\":", O.tls_resume ? "true" : "false");
+    json_str(g_tls_version);
+    printf(",\"tls_cipher\":");
+    json_str(g_tls_cipher);
+    printf(",\"tls_group\":");
+    json_str(g_tls_group);
+    printf(",\"tls_handshakes\":%llu,\"tls_resumed\":%llu", (unsigned long long)hs,
+           (unsigned long long)res);
+    size_t k = (size_t)snprintf(
+        g_tls_human, sizeof g_tls_human, "  TLS %s %s %s: %llu handshakes, %llu resumed",
+        g_tls_version, g_tls_cipher, g_tls_group, (unsigned long long)hs, (unsigned long long)res);
+    if (O.mode == M_HANDSHAKES || O.mode == M_LATENCY) {
+        long nt = 0, nr = 0;
+        double *t = merge_sorted(ws, offsetof(struct worker, tls_hs), &nt);
+        double *q = merge_sorted(ws, offsetof(struct worker, req), &nr);
+        printf(",\"tls_hs_p50_ms\":%.4f,\"tls_hs_p99_ms\":%.4f,\"req_p50_ms\":%.4f,"
+               "\"req_p99_ms\":%.4f",
+               pct(t, nt, 50), pct(t, nt, 99), pct(q, nr, 50), pct(q, nr, 99));
+        if (k < sizeof g_tls_human)
+            snprintf(g_tls_human + k, sizeof g_tls_human - k,
+                     "; TLS handshake alone p50 %.3f p99 %.3f ms, CONNECT->200 alone p50 %.3f "
+                     "p99 %.3f ms",
+                     pct(t, nt, 50), pct(t, nt, 99), pct(q, nr, 50), pct(q, nr, 99));
+        free(t);
+        free(q);
+    }
+}
+
+/* The client side of TLS to the proxy; 0 on success. */
+static int tls_init(void) {
+    g_ssl_ctx = SSL_CTX_new(TLS_client_method());
+    if (!g_ssl_ctx)
+        return -1;
+    SSL_CTX_set_min_proto_version(g_ssl_ctx, TLS1_2_VERSION);
+    /* Partial writes: a 256 KiB SSL_write returns what fitted in the socket, like send(). */
+    SSL_CTX_set_mode(g_ssl_ctx,
+                     SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* A FIN without close_notify (a proxy closing the tunnel) reads as EOF, not an error. */
+    SSL_CTX_set_options(g_ssl_ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    /* Sessions are kept by hand, per slot (--tls-resume); none otherwise. */
+    SSL_CTX_set_session_cache_mode(g_ssl_ctx, SSL_SESS_CACHE_OFF);
+    if (O.tls_suites && SSL_CTX_set_ciphersuites(g_ssl_ctx, O.tls_suites) != 1)
+        return -1;
+    static const unsigned char alpn[] = "\x08http/1.1";
+    if (SSL_CTX_set_alpn_protos(g_ssl_ctx, alpn, sizeof alpn - 1) != 0)
+        return -1;
+    if (O.cacert) {
+        if (SSL_CTX_load_verify_locations(g_ssl_ctx, O.cacert, NULL) != 1)
+            return -1;
+        SSL_CTX_set_verify(g_ssl_ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(g_ssl_ctx, SSL_VERIFY_NONE, NULL);
+    }
+    return 0;
+}
+
 static void on_signal(int sig) {
     (void)sig;
     atomic_store(&g_stop, 1);
@@ -971,6 +1338,13 @@ int main(int argc, char **argv) {
     g_request_len =
         (size_t)snprintf(g_request, sizeof g_request, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n",
                          O.target_str, O.target_str);
+    if (O.tls && tls_init() != 0) {
+        char e[160] = "";
+        ERR_error_string_n(ERR_get_error(), e, sizeof e);
+        fprintf(stderr, "loadgen: TLS setup failed%s%s: %s\n", O.cacert ? " (--cacert " : "",
+                O.cacert ? O.cacert : "", e);
+        return 2;
+    }
 
     struct worker *ws = calloc((size_t)O.threads, sizeof *ws);
     if (!ws)
@@ -985,6 +1359,14 @@ int main(int argc, char **argv) {
         if (ws[i].ep == -1) {
             perror("loadgen: epoll_create1");
             return 1;
+        }
+        if (O.tls_resume && ws[i].want > 0) {
+            ws[i].sess = calloc((size_t)ws[i].want, sizeof *ws[i].sess);
+            ws[i].free_slots = calloc((size_t)ws[i].want, sizeof *ws[i].free_slots);
+            if (!ws[i].sess || !ws[i].free_slots)
+                return 1;
+            for (int k = ws[i].want; k > 0; k--)
+                ws[i].free_slots[ws[i].nfree++] = k - 1;
         }
     }
 
@@ -1005,7 +1387,7 @@ int main(int argc, char **argv) {
     }
 
     double wall = 0;
-    uint64_t b0 = 0, b1 = 0, d0 = 0, d1 = 0;
+    uint64_t b0 = 0, b1 = 0, d0 = 0, d1 = 0, h0 = 0, h1 = 0, r0 = 0, r1 = 0;
     double c0 = -1, c1 = -1;
     long rss1 = -1, fds1 = -1, rss2 = -1;
     double open_s = 0;
@@ -1022,6 +1404,8 @@ int main(int argc, char **argv) {
         double t0 = now_s();
         b0 = SUM(bytes);
         d0 = SUM(done);
+        h0 = SUM(tls_done);
+        r0 = SUM(tls_resumed);
         if (O.pid > 0)
             c0 = proc_cpu_s(O.pid);
         for (int i = 0; i < O.threads; i++)
@@ -1031,6 +1415,8 @@ int main(int argc, char **argv) {
             atomic_store(&ws[i].record, 0);
         b1 = SUM(bytes);
         d1 = SUM(done);
+        h1 = SUM(tls_done);
+        r1 = SUM(tls_resumed);
         if (O.pid > 0)
             c1 = proc_cpu_s(O.pid);
         wall = now_s() - t0;
@@ -1071,6 +1457,9 @@ int main(int argc, char **argv) {
 
     int rc = 0;
     uint64_t errors = SUM(errors);
+    /* TLS handshakes: in the window for handshakes, over the whole run otherwise. */
+    uint64_t tls_hs = O.mode == M_HANDSHAKES ? h1 - h0 : SUM(tls_done);
+    uint64_t tls_res = O.mode == M_HANDSHAKES ? r1 - r0 : SUM(tls_resumed);
     switch (O.mode) {
     case M_THROUGHPUT: {
         uint64_t bytes = b1 - b0;
@@ -1081,10 +1470,12 @@ int main(int argc, char **argv) {
         print_common("throughput", ws);
         printf(",\"tunnels\":%d,\"dir\":\"%s\",\"established\":%llu,\"lost\":%llu,"
                "\"window_s\":%.3f,\"bytes\":%llu,\"mb_per_s\":%.1f,\"proxy_cpu_s\":%.3f,"
-               "\"cpu_s_per_gb\":%.4f,\"timed_out\":%s}\n",
+               "\"cpu_s_per_gb\":%.4f,\"timed_out\":%s",
                O.tunnels, O.up ? "up" : "down", (unsigned long long)est, (unsigned long long)lost,
                wall, (unsigned long long)bytes, mbps, cpu, cpu_per_gb,
                timed_out ? "true" : "false");
+        print_tls(ws, tls_hs, tls_res);
+        printf("}\n");
         fprintf(stderr, "throughput %s %s %d tunnel(s): %.1f MB/s (1 MB = 10^6 B) over %.2f s",
                 O.direct ? "direct" : "via proxy", O.up ? "up" : "down", O.tunnels, mbps, wall);
         if (cpu >= 0)
@@ -1102,9 +1493,11 @@ int main(int argc, char **argv) {
         print_common("handshakes", ws);
         printf(",\"concurrency\":%d,\"window_s\":%.3f,\"handshakes\":%llu,\"per_s\":%.1f,"
                "\"lat_p50_ms\":%.4f,\"lat_p99_ms\":%.4f,\"proxy_cpu_s\":%.3f,"
-               "\"cpu_us_per_handshake\":%.2f,\"timed_out\":%s}\n",
+               "\"cpu_us_per_handshake\":%.2f,\"timed_out\":%s",
                O.concurrency, wall, (unsigned long long)done, rate, pct(all, ns, 50),
                pct(all, ns, 99), cpu, cpu_us, timed_out ? "true" : "false");
+        print_tls(ws, tls_hs, tls_res);
+        printf("}\n");
         fprintf(stderr,
                 "handshakes %s at concurrency %d: %.0f /s over %.2f s (connect->%s p50 %.3f ms, "
                 "p99 %.3f ms), %llu errors\n",
@@ -1120,9 +1513,11 @@ int main(int argc, char **argv) {
     case M_LATENCY: {
         print_common("latency", ws);
         printf(",\"concurrency\":%d,\"count\":%ld,\"samples\":%ld,\"p50_ms\":%.4f,"
-               "\"p90_ms\":%.4f,\"p99_ms\":%.4f,\"max_ms\":%.4f,\"timed_out\":%s}\n",
+               "\"p90_ms\":%.4f,\"p99_ms\":%.4f,\"max_ms\":%.4f,\"timed_out\":%s",
                O.concurrency, O.count, ns, pct(all, ns, 50), pct(all, ns, 90), pct(all, ns, 99),
                pct(all, ns, 100), timed_out ? "true" : "false");
+        print_tls(ws, tls_hs, tls_res);
+        printf("}\n");
         fprintf(stderr,
                 "latency %s (connect->%s) at concurrency %d: p50 %.3f ms, p90 %.3f ms, "
                 "p99 %.3f ms, max %.3f ms over %ld samples, %llu errors\n",
@@ -1143,10 +1538,12 @@ int main(int argc, char **argv) {
                "\"open_s\":%.2f,\"rss_before_kib\":%ld,\"rss_after_kib\":%ld,"
                "\"rss_end_kib\":%ld,\"fds_before\":%ld,\"fds_after\":%ld,"
                "\"kib_per_tunnel\":%.3f,\"fds_per_tunnel\":%.3f,\"hold_s\":%.2f,"
-               "\"idle_cpu_s\":%.3f,\"timed_out\":%s}\n",
+               "\"idle_cpu_s\":%.3f,\"timed_out\":%s",
                O.tunnels, (unsigned long long)est, (unsigned long long)SUM(failed_open),
                (unsigned long long)lost, open_s, rss0, rss1, rss2, fds0, fds1, per_kib, per_fd,
                wall, cpu, timed_out ? "true" : "false");
+        print_tls(ws, tls_hs, tls_res);
+        printf("}\n");
         fprintf(stderr,
                 "idle %s: %llu/%d tunnels up in %.1f s; proxy RSS %ld -> %ld KiB = %.2f "
                 "KiB/tunnel, fds %ld -> %ld = %.2f/tunnel; CPU while idle %.2f s over %.1f s; "
@@ -1159,6 +1556,8 @@ int main(int argc, char **argv) {
         break;
     }
     }
+    if (O.tls && g_tls_human[0])
+        fprintf(stderr, "%s\n", g_tls_human);
     fflush(stdout);
     return rc;
 }

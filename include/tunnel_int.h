@@ -72,8 +72,9 @@ struct handshake {
     struct attempt extra[HE_EXTRA];
     char *reply; /* REPLY_MAX bytes, allocated only for a refusal */
     size_t replylen, replyoff;
-    const char *reason; /* close reason once the refusal is sent */
-    char inline_req[];  /* the first REQ_INITIAL bytes of the request, in the same allocation */
+    const char *reason;  /* close reason once the refusal is sent */
+    int deferred_status; /* a refusal built before the TLS handshake ended: sent after it */
+    char inline_req[];   /* the first REQ_INITIAL bytes of the request, in the same allocation */
 };
 
 /* ---- tunnel.c ---- */

@@ -39,7 +39,7 @@ struct tls_ctx {
     time_t ocsp_until; /* its nextUpdate: not stapled from then on; 0 = none given */
     unsigned char alpn[64];
     size_t alpn_len;
-    char summary[256];
+    char summary[320]; /* subject 128 + serial 80 + date 64 + words */
 };
 
 struct tls_conn {
@@ -47,6 +47,9 @@ struct tls_conn {
     BIO *pre; /* bytes read before the session existed; the socket's turn comes after */
     int fd;
     bool truncated;
+    bool broken;   /* a protocol error or reset: the session must not be resumed */
+    bool deferred; /* a read returned data, then met the end or an error: next call says so */
+    int deferred_ret, deferred_errno;
     char err[120];
 };
 
@@ -548,6 +551,18 @@ static bool pre_drained(struct tls_conn *s) {
 void tls_conn_free(struct tls_conn *s) {
     if (!s)
         return;
+    ERR_clear_error();
+    int sd = SSL_get_shutdown(s->ssl);
+    if (!s->broken && SSL_is_init_finished(s->ssl)) {
+        /* The client said goodbye and we have not: answer its close_notify (RFC 8446 6.1
+         * wants one each way; best effort, the socket closes next). */
+        if ((sd & SSL_RECEIVED_SHUTDOWN) && !(sd & SSL_SENT_SHUTDOWN))
+            (void)SSL_shutdown(s->ssl);
+        /* An ordinary end keeps the session resumable (without this OpenSSL drops it from
+         * the session cache, as after an error). */
+        SSL_set_shutdown(s->ssl, SSL_get_shutdown(s->ssl) | SSL_SENT_SHUTDOWN);
+    }
+    ERR_clear_error();
     SSL_free(s->ssl);
     free(s);
 }
@@ -572,6 +587,7 @@ static int failed(struct tls_conn *s, int ret) {
                 return -1;
             }
             snprintf(s->err, sizeof s->err, "%s", strerror(saved));
+            s->broken = true;
             errno = saved;
             return -1;
         }
@@ -591,6 +607,7 @@ static int failed(struct tls_conn *s, int ret) {
         break;
     }
     ssl_why(s->err, sizeof s->err);
+    s->broken = true;
     errno = EPROTO;
     return -1;
 }
@@ -613,6 +630,11 @@ int tls_conn_handshake(struct tls_conn *s) {
 
 ssize_t tls_conn_read(struct tls_conn *s, void *buf, size_t n) {
     size_t got = 0;
+    if (s->deferred) { /* the end (or error) met behind the data returned last time */
+        s->deferred = false;
+        errno = s->deferred_errno;
+        return s->deferred_ret;
+    }
     while (got < n) {
         ERR_clear_error();
         size_t r = 0;
@@ -625,8 +647,16 @@ ssize_t tls_conn_read(struct tls_conn *s, void *buf, size_t n) {
         int f = failed(s, 0);
         if (f == TLS_WANT_READ && pre_drained(s))
             continue;
+        if (got > 0 && f != TLS_WANT_READ && f != TLS_WANT_WRITE) {
+            /* The close_notify (or an error) came in the same read as data: OpenSSL has taken
+             * it off the socket, which may never be readable again. Keep it for the next call,
+             * and tls_conn_pending() says there is something to read. */
+            s->deferred = true;
+            s->deferred_ret = f;
+            s->deferred_errno = errno;
+        }
         if (got > 0)
-            return (ssize_t)got; /* the end or the error shows again on the next call */
+            return (ssize_t)got;
         return f;
     }
     return (ssize_t)got;
@@ -662,7 +692,7 @@ void tls_conn_close_notify(struct tls_conn *s) {
 }
 
 bool tls_conn_pending(const struct tls_conn *s) {
-    return SSL_has_pending(s->ssl) == 1;
+    return s->deferred || SSL_has_pending(s->ssl) == 1;
 }
 
 bool tls_conn_truncated(const struct tls_conn *s) {

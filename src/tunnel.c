@@ -137,6 +137,9 @@ void send_reply(struct tunnel *t, int status) {
     reply_flush(t);
 }
 
+static void tls_step(struct tunnel *t);
+static void tls_begin(struct tunnel *t, const char *pre, size_t prelen);
+
 /* Answer the client with a refusal from the response table, then close. */
 static void refuse_with(struct tunnel *t, int status, const char *proxy_error, const char *params,
                         const char *details, const char *reason, const char *extra) {
@@ -154,10 +157,9 @@ static void refuse_with(struct tunnel *t, int status, const char *proxy_error, c
     ev_io_stop(loop, &t->upstream.rw); /* a parent's answer being read */
     ev_io_stop(loop, &t->client.rw);
     hs->reason = reason;
-    if (t->tls && !t->tls_ready) {
-        /* No TLS session to answer in (refused at accept, or shutting down mid-handshake):
-         * plain HTTP would be garbage to a TLS client, and a handshake only to say no costs
-         * the CPU an overload refusal is meant to save. */
+    if (t->tls && !t->tls_ready && t->state == TUNNEL_READ_PROXY) {
+        /* Refused before the balancer's PROXY header was read (at capacity): the TLS
+         * handshake is behind it, so there is no session to answer in. Close. */
         stats_refusal(status, proxy_error, reason);
         tunnel_close(t, reason);
         return;
@@ -176,6 +178,18 @@ static void refuse_with(struct tunnel *t, int status, const char *proxy_error, c
         hs->replylen =
             http_build_error(hs->reply, REPLY_MAX, status, proxy_error, params, NULL, extra);
     stats_refusal(status, proxy_error, reason);
+    if (t->tls && !t->tls_ready) {
+        /* Refused at accept (client, limits) or while shutting down mid-handshake: the
+         * answer goes inside TLS like any other, once the handshake is done (tls_step). */
+        hs->deferred_status = status;
+        if (!t->client.tls) {
+            arm_timer(t, t->gen->cfg.timeout_handshake);
+            tls_begin(t, NULL, 0);
+        } else {
+            tls_step(t);
+        }
+        return;
+    }
     send_reply(t, status);
 }
 
@@ -371,6 +385,12 @@ static void tls_step(struct tunnel *t) {
     c->ktls_tx = tls_conn_ktls_send(c->tls);
     t->tls_ready = true;
     t->tls_version = tls_conn_version(c->tls);
+    if (t->hs->deferred_status) { /* refused before the handshake: now it can be said */
+        ev_io_stop(loop, &c->rw);
+        ev_io_stop(loop, &c->ww);
+        send_reply(t, t->hs->deferred_status);
+        return;
+    }
     t->state = TUNNEL_READ_REQUEST;
     ev_io_stop(loop, &c->ww);
     ev_set_cb(&c->rw, client_request_cb);

@@ -11,6 +11,7 @@ import os
 import re
 import resource
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,7 +22,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from dnsserver import DNSServer  # noqa: E402
-from netutil import LOOPBACK4, Client, free_port, have_ipv6, read_access_log, wait_port  # noqa: E402
+from netutil import (  # noqa: E402
+    LOOPBACK4,
+    Client,
+    fmt_hostport,
+    free_port,
+    have_ipv6,
+    read_access_log,
+    wait_port,
+)
 from servers import TCPServer  # noqa: E402
 import tlsfix  # noqa: E402
 
@@ -49,6 +58,14 @@ BASE_CONFIG = {
     "limits": {"max_connections": "10000", "max_request_bytes": "16384"},
     "log": {"level": "debug", "access_log": None},
 }
+
+
+# The client transports a test can run on: "plain" TCP to a plain listener, "tls" to a listener
+# with the `tls` option (HTTPS proxy). `@both_transports` on a test (or `pytestmark` on a module)
+# runs it once per transport; every proxy start_proxy makes then serves that transport, and
+# Proxy.client / tunnel / tls (for netutil.refusal_for) use it. Without it: "plain".
+TRANSPORTS = ("plain", "tls")
+both_transports = pytest.mark.parametrize("transport", TRANSPORTS)
 
 
 # ---- the binary ----------------------------------------------------------------------------
@@ -166,6 +183,8 @@ class Proxy:
 
             def preexec():
                 resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        self.tls = None  # ssl.SSLContext of this proxy's clients when port is a TLS listener
+        self.plain_port = port  # where the readiness probe connects (plain TCP)
         self.proc = subprocess.Popen([binary, "-c", self.config_path], stdin=subprocess.DEVNULL,
                                      stdout=self._stderr, stderr=self._stderr, env=penv,
                                      preexec_fn=preexec)
@@ -196,11 +215,17 @@ class Proxy:
                 raise AssertionError(f"{needle!r} x{count} not in stderr:\n{text[-3000:]}")
             time.sleep(0.05)
 
+    def use_tls(self, port, ctx):
+        """From now on clients connect with TLS (ctx) to the TLS listener on port (self.port);
+        the readiness probe keeps the plain listener (self.plain_port)."""
+        self.port = port
+        self.tls = ctx
+
     def wait_ready(self, timeout=READY_TIMEOUT):
-        if not wait_port(self.host, self.port, timeout, self.proc, self.probes):
+        if not wait_port(self.host, self.plain_port, timeout, self.proc, self.probes):
             rc = self.proc.poll()
-            pytest.fail(f"connectd not accepting on {self.host}:{self.port} within {timeout}s "
-                        f"(exit status {rc})\n--- config ---\n{self.config_text}\n"
+            pytest.fail(f"connectd not accepting on {self.host}:{self.plain_port} within "
+                        f"{timeout}s (exit status {rc})\n--- config ---\n{self.config_text}\n"
                         f"--- stderr ---\n{self.stderr_text()}")
 
     def stderr_text(self):
@@ -212,8 +237,15 @@ class Proxy:
             return f.read().decode("utf-8", errors="replace")
 
     def log_lines(self, n=1, timeout=5.0, where=None):
-        """Parsed access-log lines (at least n, bounded wait), without the readiness probes."""
-        return read_access_log(self.access_log, n, timeout, where, exclude_clients=self.probes)
+        """Parsed access-log lines (at least n, bounded wait), without the readiness probes.
+        With TLS clients (use_tls), a line with a status (a request was read, over TLS) must
+        end in tls=TLSv1.3."""
+        lines = read_access_log(self.access_log, n, timeout, where, exclude_clients=self.probes)
+        if self.tls is not None:
+            for x in lines:
+                if x["status"] != "0":
+                    assert x.get("tls") == "TLSv1.3", f"no tls=TLSv1.3 in {x['_raw']}"
+        return lines
 
     def settle(self, timeout=2.0):
         """Wait until the daemon has finished with the readiness probe connection (its access
@@ -226,7 +258,9 @@ class Proxy:
             time.sleep(0.2)
 
     def client(self, source=None, timeout=5.0, host=None, port=None):
-        c = Client(host or self.host, port or self.port, source=source, timeout=timeout)
+        """A Client of this proxy: TLS (self.tls) when it connects to self.port, a TLS listener."""
+        tls = self.tls if port in (None, self.port) else None
+        c = Client(host or self.host, port or self.port, source=source, timeout=timeout, tls=tls)
         self.clients.append(c)
         return c
 
@@ -326,7 +360,35 @@ def tcp_server():
 
 
 @pytest.fixture
-def start_proxy(connectd_bin, tmp_path, dns, request):
+def transport():
+    """The client transport of the proxies start_proxy makes (see TRANSPORTS): "plain" unless
+    the test is parametrized with both_transports."""
+    return "plain"
+
+
+def tls_client_context(certs):
+    """What a client of an HTTPS proxy uses: verifies against the test CA, offers http/1.1."""
+    ctx = ssl.create_default_context(cafile=certs.ca)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+@pytest.fixture(scope="session")
+def client_tls(certs):
+    """The ssl.SSLContext of TLS clients of the test proxies (Proxy.tls)."""
+    return tls_client_context(certs)
+
+
+def tls_listener(host, certs):
+    """A TLS listener for a test proxy: (listen entry "ADDR:PORT tls", PORT, the [tls]
+    overrides: the test server certificate and key)."""
+    port = free_port(host)
+    return (f"{fmt_hostport(host, port)} tls", port,
+            {"tls": {"certificate": certs.cert, "key": certs.key}})
+
+
+@pytest.fixture
+def start_proxy(connectd_bin, tmp_path, dns, request, transport):
     """Factory: start_proxy(overrides={section: {key: value}}, base_text=None, listen=None,
     wait=True, rlimit_nofile=None) -> Proxy.
 
@@ -336,7 +398,9 @@ def start_proxy(connectd_bin, tmp_path, dns, request):
     rlimit_nofile: N or (soft, hard), the daemon's RLIMIT_NOFILE, set before exec (None: the
     test process's own). At teardown: clients closed, SIGTERM, bounded wait, SIGKILL after 5 s;
     the test errors when the daemon had died before teardown, did not stop on SIGTERM, exited
-    with a failure status, or printed a sanitizer report."""
+    with a failure status, or printed a sanitizer report.
+    transport "tls" (both_transports): a TLS listener on the same host is added after the
+    listen list, and the Proxy's clients use it (Proxy.use_tls); the probe keeps the first."""
     procs = []
     request.node._connectd_proxies = procs
 
@@ -359,10 +423,15 @@ def start_proxy(connectd_bin, tmp_path, dns, request):
             listen_spec = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         name = f"connectd{n}"
         access = os.path.join(str(tmp_path), f"{name}.access.log")
-        forced = {
+        tls_port = None
+        forced = {}
+        if transport == "tls":
+            entry, tls_port, forced = tls_listener(host, request.getfixturevalue("certs"))
+            listen_spec = f"{listen_spec}, {entry}"
+        forced.update({
             "server": {"listen": listen_spec},
             "dns": {"servers": dns_servers or dns.server_spec},
-        }
+        })
         if base_text is None:
             cfg = merge(BASE_CONFIG, forced)
             cfg["log"]["access_log"] = access
@@ -374,6 +443,8 @@ def start_proxy(connectd_bin, tmp_path, dns, request):
         p = Proxy(connectd_bin, str(tmp_path), name, text, host, port, [], env=env,
                   rlimit_nofile=rlimit_nofile)
         procs.append(p)
+        if tls_port is not None:
+            p.use_tls(tls_port, request.getfixturevalue("client_tls"))
         if wait:
             p.wait_ready()
         return p

@@ -1,10 +1,13 @@
 """Small socket helpers for the connectd integration tests: free ports, readiness polling, a raw
-CONNECT client and an HTTP response-head parser. Loopback only; every wait is bounded."""
+CONNECT client (plain TCP, or TLS to an HTTPS-proxy listener) and an HTTP response-head parser.
+Loopback only; every wait is bounded."""
 
 import hashlib
 import os
 import re
 import socket
+import ssl
+import threading
 import time
 
 LOOPBACK4 = "127.0.0.1"
@@ -154,9 +157,20 @@ def parse_proxy_status(value):
 
 
 class Client:
-    """A raw TCP client for talking CONNECT to the proxy. All reads are bounded."""
+    """A raw client for talking CONNECT to the proxy. All reads are bounded.
 
-    def __init__(self, host, port, source=None, timeout=5.0):
+    tls: None (plain TCP), or an ssl.SSLContext: the connection to the proxy is TLS (an
+    HTTPS-proxy listener), handshake done in the constructor (handshake=False: call handshake()).
+    The TLS layer is an ssl.SSLObject over memory BIOs on the TCP socket, because ssl.SSLSocket
+    cannot half-close: here shutdown_write() sends close_notify and the read side stays open
+    (TLS 1.3 allows it). self.sock stays the TCP socket either way (socket options, addresses,
+    selectors); read and write through the methods, not self.sock, for a test to run on both.
+    Over TLS, `how` (read_until_close) also says "unclean" (TCP EOF without close_notify) and
+    "alert" (a TLS error; self.alert has it); "eof" means close_notify. The SSLObject is locked,
+    so one thread may send while another reads."""
+
+    def __init__(self, host, port, source=None, timeout=5.0, tls=None, server_hostname="localhost",
+                 handshake=True):
         fam = family_of(host)
         self.sock = socket.socket(fam, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
@@ -166,35 +180,110 @@ class Client:
         self.buf = b""  # received, not yet consumed
         self.eof = False
         self.reset = False
+        self._tls = None
+        if tls is not None:
+            self._tls_start(tls, server_hostname, timeout, handshake)
+
+    @classmethod
+    def accepted(cls, sock, tls, timeout=5.0):
+        """The TLS server side of an accepted socket, with this class's methods (the peer of a
+        TLS Client in the fixture self-tests)."""
+        self = cls.__new__(cls)
+        sock.settimeout(timeout)
+        self.sock, self.buf, self.eof, self.reset = sock, b"", False, False
+        self._tls = None
+        self._tls_start(tls, None, timeout, True, server_side=True)
+        return self
 
     @property
     def local_addr(self):
         return self.sock.getsockname()
 
-    def send(self, data):
+    def send(self, data, end=False):
+        """Send all of data; end: then end the client's direction (shutdown_write), over TLS in
+        the same write as the data: the close_notify arrives with the last record."""
+        if self._tls is not None:
+            self._tls_send(data, end)
+            return
         self.sock.sendall(data)
+        if end:
+            self.shutdown_write()
 
     def shutdown_write(self):
+        """End the client's direction: FIN, or over TLS close_notify (no FIN: TLS-level EOF)."""
+        if self._tls is not None:
+            self._tls_shutdown()
+            return
         self.sock.shutdown(socket.SHUT_WR)
 
     def close(self):
+        if self._tls is not None:
+            self._tls_close()
         try:
             self.sock.close()
         except OSError:
             pass
 
     def abort(self):
-        """Close with RST (SO_LINGER 0)."""
+        """Close with RST (SO_LINGER 0); over TLS without close_notify."""
         import struct
 
+        self._abort = True
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
         self.close()
 
+    def recv(self, n=65536, timeout=5.0):
+        """Up to n bytes (buffered ones first), waiting at most timeout for some; b'' at EOF or
+        reset; raises socket.timeout when nothing came. Like sock.recv, on either transport."""
+        if not self.buf:
+            self._recv_some(time.monotonic() + timeout)
+        if not self.buf:
+            if self.eof:
+                return b""
+            raise socket.timeout(f"nothing received within {timeout}s")
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def recv_nowait(self, n=65536):
+        """For a non-blocking self.sock (selectors): sock.recv(n) on plain TCP; over TLS, the
+        application bytes decrypted from one recv (all of them: nothing stays pending while the
+        socket reads as empty), b'' at EOF, BlockingIOError when none are there yet."""
+        if self._tls is None:
+            return self.sock.recv(n)
+        data = self._tls_drain()
+        if data or self.eof:
+            return data
+        try:
+            raw = self.sock.recv(65536)
+        except ConnectionResetError:
+            self.reset = True
+            raw = b""
+        self._tls_feed(raw)
+        data = self._tls_drain()
+        if data or self.eof:
+            return data
+        raise BlockingIOError("no complete TLS record yet")
+
+    def send_nowait(self, data):
+        """For a non-blocking self.sock: sock.send(data) on plain TCP; over TLS all of data,
+        the socket blocking (5 s at most) for the time of the send."""
+        if self._tls is None:
+            return self.sock.send(data)
+        self.sock.settimeout(5.0)
+        try:
+            self._tls_send(data)
+        finally:
+            self.sock.setblocking(False)
+        return len(data)
+
     def _recv_some(self, deadline):
-        """One recv bounded by deadline; returns False on EOF/reset/timeout."""
+        """One recv bounded by deadline; returns False on EOF/reset/timeout. Over TLS: True once
+        application bytes were added to buf, reading as many TLS records as that takes."""
+        if self._tls is not None:
+            return self._tls_recv_some(deadline)
         if self.eof:
             return False
         left = deadline - time.monotonic()
@@ -215,6 +304,183 @@ class Client:
         self.buf += d
         return True
 
+    # ---- TLS (ssl.SSLObject over memory BIOs) --------------------------------------------
+
+    def _tls_start(self, ctx, server_hostname, timeout, handshake, server_side=False):
+        self._tls_in = ssl.MemoryBIO()
+        self._tls_out = ssl.MemoryBIO()
+        self._tls = ctx.wrap_bio(self._tls_in, self._tls_out, server_side=server_side,
+                                 server_hostname=server_hostname)
+        self._tls_lock = threading.Lock()  # the SSLObject and its BIOs
+        self._send_lock = threading.Lock()  # encrypt + send: records leave in order
+        self._tcp_eof = False  # EOF (or reset) passed to the TLS layer
+        self._notify_sent = False
+        self._abort = False
+        self.unclean = False  # the proxy's side ended without close_notify
+        self.alert = None  # the TLS error that ended the connection
+        self.tls_version = None
+        if handshake:
+            try:
+                self.handshake(timeout)
+            except AssertionError:
+                self.sock.close()
+                raise
+
+    def handshake(self, timeout=5.0):
+        """Complete the TLS handshake (bounded); AssertionError says why it did not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self._tls_lock:
+                    self._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self._tls_flush()
+                if not self._tls_fill(deadline):
+                    raise AssertionError(f"TLS handshake with the peer: no answer within "
+                                         f"{timeout}s") from None
+                continue
+            except ssl.SSLError as e:
+                self._tls_flush()  # our alert, if any
+                why = "reset" if self.reset else ("TCP EOF" if self._tcp_eof else "error")
+                raise AssertionError(f"TLS handshake with the peer failed ({why}): {e}") from None
+            self._tls_flush()
+            self.tls_version = self._tls.version()
+            return
+
+    def _tls_flush(self):
+        """Send what the TLS layer has queued (handshake records, alerts)."""
+        with self._send_lock:
+            with self._tls_lock:
+                out = self._tls_out.read()
+            if out:
+                self.sock.sendall(out)
+
+    def _tls_feed(self, raw):
+        with self._tls_lock:
+            if raw:
+                self._tls_in.write(raw)
+            else:
+                self._tcp_eof = True
+                self._tls_in.write_eof()
+
+    def _tls_fill(self, deadline):
+        """One recv from the socket into the TLS layer, bounded by deadline. False on timeout or
+        when EOF was already passed on."""
+        if self._tcp_eof:
+            return False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        self.sock.settimeout(left)
+        try:
+            raw = self.sock.recv(65536)
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            self.reset = True
+            raw = b""
+        self._tls_feed(raw)
+        return True
+
+    def _tls_drain(self):
+        """All application bytes the TLS layer can decrypt from what it was fed; sets eof (and
+        unclean / alert) when the stream ended. The end is close_notify only when the TLS layer
+        reports it before it was told of the TCP EOF: contexts with OP_IGNORE_UNEXPECTED_EOF
+        (Python's default) report a bare TCP EOF as a clean end too, and every feed is drained
+        at once, so a close_notify is always seen before the EOF fed after it."""
+        out = []
+        with self._tls_lock:
+            while not self.eof:
+                try:
+                    d = self._tls.read(65536)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:  # the end (read after our close_notify)
+                    d = b""
+                except ssl.SSLEOFError:  # TCP EOF without close_notify
+                    self.unclean = self.eof = True
+                    break
+                except ssl.SSLError as e:
+                    self.alert = str(e)
+                    self.eof = True
+                    break
+                if not d:
+                    self.unclean = self._tcp_eof
+                    self.eof = True
+                    break
+                out.append(d)
+        return b"".join(out)
+
+    def _tls_recv_some(self, deadline):
+        if self.eof:
+            return False
+        while True:
+            d = self._tls_drain()
+            if d:
+                self.buf += d
+                return True
+            if self.eof or not self._tls_fill(deadline):
+                return False
+
+    def _tls_send(self, data, end=False):
+        view = memoryview(data)
+        with self._send_lock:
+            i = 0
+            while i < len(view) or end:
+                with self._tls_lock:
+                    if i < len(view):
+                        i += self._tls.write(view[i:i + 65536])
+                    if end and i >= len(view):
+                        self._tls_notify()
+                        end = False
+                    out = self._tls_out.read()
+                self.sock.sendall(out)
+
+    def _tls_notify(self):
+        """Queue close_notify (the caller holds _tls_lock)."""
+        try:
+            self._tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass  # close_notify is queued; the proxy's is not awaited: reading goes on
+        self._notify_sent = True
+
+    def _tls_shutdown(self):
+        with self._send_lock:
+            with self._tls_lock:
+                self._tls_notify()
+                out = self._tls_out.read()
+            self.sock.sendall(out)
+
+    def _tls_close(self):
+        """Before the socket closes: close_notify, as real clients send, unless aborting, already
+        sent, or the connection is broken. Never waits."""
+        if self._abort or self._notify_sent or self.reset or self.alert:
+            return
+        self._notify_sent = True
+        try:
+            with self._tls_lock:
+                try:
+                    self._tls.unwrap()
+                except ssl.SSLError:
+                    pass
+                out = self._tls_out.read()
+            self.sock.setblocking(False)
+            self.sock.send(out)
+        except OSError:
+            pass
+
+    def _how_ended(self):
+        """reset / alert / unclean / eof (over TLS: close_notify) / timeout."""
+        if self.reset:
+            return "reset"
+        if self.eof:
+            if self._tls is not None and self.alert:
+                return "alert"
+            if self._tls is not None and self.unclean:
+                return "unclean"
+            return "eof"
+        return "timeout"
+
     def read_head(self, timeout=5.0, limit=65536):
         """Read up to the end of a response head; returns a Response. Raises AssertionError
         on timeout or close before a complete head."""
@@ -223,7 +489,7 @@ class Client:
             if len(self.buf) > limit:
                 raise AssertionError(f"response head exceeds {limit} bytes: {self.buf[:200]!r}")
             if not self._recv_some(deadline):
-                why = "reset" if self.reset else ("EOF" if self.eof else "timeout")
+                why = self._why()
                 raise AssertionError(
                     f"no complete response head within {timeout}s ({why}); got {self.buf!r}"
                 )
@@ -235,7 +501,7 @@ class Client:
         deadline = time.monotonic() + timeout
         while len(self.buf) < n:
             if not self._recv_some(deadline):
-                why = "reset" if self.reset else ("EOF" if self.eof else "timeout")
+                why = self._why()
                 raise AssertionError(
                     f"wanted {n} bytes, got {len(self.buf)} ({why}) within {timeout}s"
                 )
@@ -248,16 +514,20 @@ class Client:
         while self._recv_some(deadline):
             pass
         out, self.buf = self.buf, b""
-        if self.reset:
-            return out, "reset"
-        if self.eof:
-            return out, "eof"
-        return out, "timeout"
+        return out, self._how_ended()
+
+    def _why(self):
+        if self._tls is None:
+            return "reset" if self.reset else ("EOF" if self.eof else "timeout")
+        return {"reset": "reset", "alert": f"TLS alert: {self.alert}",
+                "unclean": "TCP EOF without close_notify", "eof": "close_notify",
+                "timeout": "timeout"}[self._how_ended()]
 
     def wait_closed(self, timeout=5.0):
-        """True when the peer closes (EOF or RST) within timeout, discarding any data."""
+        """True when the peer closes (EOF or RST; over TLS also without close_notify, or with an
+        alert) within timeout, discarding any data."""
         _, how = self.read_until_close(timeout)
-        return how in ("eof", "reset")
+        return how in ("eof", "reset", "unclean", "alert")
 
     # ---- CONNECT conveniences -------------------------------------------------------------
     def connect_request(self, target, extra_headers=b"", host_header=True, early=b""):
@@ -284,8 +554,8 @@ class Client:
         self.buf = self.buf[len(SUCCESS_REPLY):]
 
 
-def open_tunnel(proxy_port, target, proxy_host=LOOPBACK4, timeout=5.0, source=None):
-    c = Client(proxy_host, proxy_port, source=source, timeout=timeout)
+def open_tunnel(proxy_port, target, proxy_host=LOOPBACK4, timeout=5.0, source=None, tls=None):
+    c = Client(proxy_host, proxy_port, source=source, timeout=timeout, tls=tls)
     c.connect_request(target)
     c.expect_established(timeout)
     return c
@@ -296,7 +566,8 @@ def check_refusal(client, status, error, timeout=5.0, allow_reset=False, sent_al
     status line with the RFC reason, Proxy-Status 'connectd; error=<error>', Connection: close,
     Content-Type, Content-Length equal to the one-line body, no Transfer-Encoding, then the
     proxy closes (EOF; RST also accepted when allow_reset, for requests the proxy did not read
-    to the end). Returns (Response, body, proxy-status params)."""
+    to the end). Over TLS "EOF" means close_notify. Returns (Response, body, proxy-status
+    params)."""
     resp = client.read_head(timeout)
     assert resp.status_line == f"HTTP/1.1 {status} {REASONS[status]}", (
         f"status line {resp.status_line!r}, want 'HTTP/1.1 {status} {REASONS[status]}'; {resp!r}"
@@ -329,9 +600,10 @@ def check_refusal(client, status, error, timeout=5.0, allow_reset=False, sent_al
 
 
 def refusal_for(proxy_port, raw_request, status, error, proxy_host=LOOPBACK4, source=None,
-                timeout=5.0, allow_reset=False):
-    """Send raw_request on a fresh connection and check the refusal."""
-    c = Client(proxy_host, proxy_port, source=source, timeout=timeout)
+                timeout=5.0, allow_reset=False, tls=None):
+    """Send raw_request on a fresh connection (TLS when tls, an ssl.SSLContext, is given: pass
+    the proxy's Proxy.tls) and check the refusal."""
+    c = Client(proxy_host, proxy_port, source=source, timeout=timeout, tls=tls)
     try:
         c.send(raw_request)
         return check_refusal(c, status, error, timeout=timeout, allow_reset=allow_reset)
@@ -342,16 +614,26 @@ def refusal_for(proxy_port, raw_request, status, error, proxy_host=LOOPBACK4, so
 # ---- access log ----------------------------------------------------------------------------
 
 ACCESS_TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+# The client connection's TLS version, on lines of connections to a TLS listener: last field.
+ACCESS_TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 
 
 def parse_access_line(line):
-    """'TS k=v k=v ...' -> dict with 'ts' plus each key. The one place that knows the format."""
+    """'TS k=v k=v ...' -> dict with 'ts' plus each key. The one place that knows the format.
+    A `tls=` field (connections to a TLS listener) must be the last one and name a version of
+    ACCESS_TLS_VERSIONS; absent, the line has no 'tls' key."""
     parts = line.rstrip("\n").split(" ")
     out = {"ts": parts[0], "_raw": line}
-    for p in parts[1:]:
+    for i, p in enumerate(parts[1:], 1):
         if "=" not in p:
             raise AssertionError(f"access log field without '=': {p!r} in {line!r}")
         k, v = p.split("=", 1)
+        if k == "tls":
+            if i != len(parts) - 1:
+                raise AssertionError(f"access log field tls= is not the last one: {line!r}")
+            if v not in ACCESS_TLS_VERSIONS:
+                raise AssertionError(f"access log tls={v!r}, want one of "
+                                     f"{ACCESS_TLS_VERSIONS}: {line!r}")
         out[k] = v
     return out
 

@@ -3,11 +3,13 @@
 import os
 import time
 
+from conftest import both_transports
 from netutil import ACCESS_TS, check_refusal
 from servers import echo_handler, sink_handler
 
 
-def test_access_log_tunnel_fields(proxy, tcp_server):
+@both_transports
+def test_access_log_tunnel_fields(proxy, tcp_server, transport):
     reply = os.urandom(7777)
     srv = tcp_server(sink_handler(reply=reply))
     c = proxy.tunnel(srv.target())
@@ -26,11 +28,13 @@ def test_access_log_tunnel_fields(proxy, tcp_server):
     assert line["up"] == str(len(data)), "up must count tunnel payload client->upstream only"
     assert line["down"] == str(len(reply)), "down must count tunnel payload upstream->client only"
     assert line["reason"] == "done"
+    assert line.get("tls") == {"plain": None, "tls": "TLSv1.3"}[transport], line["_raw"]
     d = float(line["duration"])
     assert 0 <= d < 5
     assert time.monotonic() - t_close < 5
 
 
+@both_transports
 def test_access_log_counts_early_data(proxy, tcp_server):
     srv = tcp_server(echo_handler)
     early = b"E" * 1000

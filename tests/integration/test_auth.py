@@ -10,6 +10,7 @@ import time
 import pytest
 
 from authfix import basic, make_hash, write_users
+from conftest import both_transports
 from netutil import check_refusal
 from servers import echo_handler
 from tlsfix import curl
@@ -41,6 +42,7 @@ def hashed_count(p):
     return p.stderr_text().count("auth: hashed credentials")
 
 
+@both_transports
 @pytest.mark.parametrize("user,pw", [("alice", "wonderland"), ("bob", "builder"),
                                      ("carol", "s3cret:with:colons")])
 def test_right_credentials_tunnel(auth_proxy, tcp_server, user, pw):
@@ -56,6 +58,7 @@ def test_right_credentials_tunnel(auth_proxy, tcp_server, user, pw):
     assert line["user"] == user
 
 
+@both_transports
 @pytest.mark.parametrize("headers,why", [
     (b"", "missing"),
     (basic("alice", "wrong"), "wrong password"),
@@ -79,6 +82,7 @@ def test_missing_or_wrong_credentials_get_407(auth_proxy, tcp_server, headers, w
     assert line["reason"] in ("auth_required", "auth_failed")
 
 
+@both_transports
 def test_failed_attempt_logged_with_client_address(auth_proxy, tcp_server):
     srv = tcp_server(echo_handler)
     p = auth_proxy()
@@ -252,6 +256,7 @@ def test_hash_password_tool(connectd_bin, tmp_path, tcp_server, start_proxy):
     c.expect_established()
 
 
+@both_transports
 def test_auth_with_two_workers(auth_proxy, tcp_server):
     """Each worker process has its own verification thread and cache."""
     srv = tcp_server(echo_handler)

@@ -1,7 +1,9 @@
 """Self-tests of the test fixtures (no connectd needed): the DNS responder, the TCP helper
 servers, the connect blackhole, the TLS server and the ini editing."""
 
+import os
 import socket
+import ssl
 import threading
 import time
 
@@ -158,6 +160,123 @@ def test_tls_server_direct(certs, docroot, tls_server, tmp_path):
     assert hashlib.sha256(out.read_bytes()).hexdigest() == docroot["big_sha256"]
 
 
+class TLSPeer:
+    """A TLS server on loopback for checks of netutil.Client(tls=...): accepts one connection
+    and runs script(peer, rec) on a thread, peer being the server side as a Client
+    (Client.accepted: it can half-close too)."""
+
+    def __init__(self, certs, script):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(certs.cert, certs.key)
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.lsock.settimeout(5)
+        self.port = self.lsock.getsockname()[1]
+        self.rec = {}
+        self.done = threading.Event()
+
+        def run():
+            try:
+                raw, _ = self.lsock.accept()
+                peer = Client.accepted(raw, ctx)
+                try:
+                    script(peer, self.rec)
+                finally:
+                    peer.close()
+            except Exception as e:  # the test asserts on rec
+                self.rec["error"] = repr(e)
+            finally:
+                self.done.set()
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def wait(self):
+        assert self.done.wait(5), "TLS peer did not finish"
+        self.lsock.close()
+        assert "error" not in self.rec, self.rec["error"]
+        return self.rec
+
+
+def test_tls_client_half_close_client_first(certs, client_tls):
+    """shutdown_write() sends close_notify and no FIN: the peer reads EOF, its answer still
+    arrives, then its close_notify reads as "eof"."""
+    reply = os.urandom(300 * 1024)
+
+    def script(peer, rec):
+        rec["got"], rec["how"] = peer.read_until_close(5)
+        peer.send(reply)
+        peer.shutdown_write()
+
+    peer = TLSPeer(certs, script)
+    c = Client("127.0.0.1", peer.port, tls=client_tls)
+    assert c.tls_version == "TLSv1.3"
+    data = os.urandom(100 * 1024)
+    c.send(data)
+    c.shutdown_write()
+    assert c.read_until_close(5) == (reply, "eof")
+    c.close()
+    rec = peer.wait()
+    assert rec["how"] == "eof" and rec["got"] == data
+
+
+def test_tls_client_half_close_peer_first(certs, client_tls):
+    """The peer's close_notify reads as "eof"; the client still sends, then ends with its own."""
+    first = os.urandom(50 * 1024)
+
+    def script(peer, rec):
+        peer.send(first)
+        peer.shutdown_write()
+        rec["got"], rec["how"] = peer.read_until_close(5)
+
+    peer = TLSPeer(certs, script)
+    c = Client("127.0.0.1", peer.port, tls=client_tls)
+    assert c.recv_exact(len(first)) == first
+    assert c.read_until_close(2) == (b"", "eof")
+    later = os.urandom(400 * 1024)
+    c.send(later, end=True)
+    rec = peer.wait()
+    c.close()
+    assert rec["how"] == "eof" and rec["got"] == later
+
+
+def test_tls_client_end_without_data(certs, client_tls):
+    def script(peer, rec):
+        rec["got"], rec["how"] = peer.read_until_close(5)
+
+    peer = TLSPeer(certs, script)
+    c = Client("127.0.0.1", peer.port, tls=client_tls)
+    c.send(b"", end=True)
+    assert peer.wait() == {"got": b"", "how": "eof"}
+    c.close()
+
+
+def test_tls_client_unclean_end_and_nowait(certs, client_tls):
+    """A TCP close without close_notify reads as "unclean"; recv_nowait/send_nowait work on a
+    non-blocking socket; abort() sends no close_notify."""
+
+    def script(peer, rec):
+        peer.send(peer.recv_exact(5).upper())
+        rec["got"], rec["how"] = peer.read_until_close(5)
+        peer.abort()  # no close_notify, RST
+
+    peer = TLSPeer(certs, script)
+    c = Client("127.0.0.1", peer.port, tls=client_tls)
+    c.sock.setblocking(False)
+    assert c.send_nowait(b"hello") == 5
+    got = b""
+    deadline = time.monotonic() + 5
+    while got != b"HELLO" and time.monotonic() < deadline:
+        try:
+            got += c.recv_nowait()
+        except BlockingIOError:
+            time.sleep(0.01)
+    assert got == b"HELLO"
+    c.sock.setblocking(True)
+    c.sock.shutdown(socket.SHUT_WR)  # a FIN without close_notify
+    assert peer.wait() == {"got": b"", "how": "unclean"}
+    assert c.read_until_close(3)[1] in ("reset", "unclean")
+    c.close()
+
+
 # ---- parsing helpers -----------------------------------------------------------------------
 
 
@@ -172,6 +291,17 @@ def test_access_line_parse():
                           "upstream=- status=0 up=0 down=0 duration=0.001 reason=client_reset\n")
     assert d["client"] == "127.0.0.1:50234" and d["target"] == "a\\x20b:443"
     assert d["status"] == "0" and d["upstream"] == "-"
+
+
+def test_access_line_tls_field():
+    d = parse_access_line("2026-11-27T16:40:01.123Z client=127.0.0.1:5 user=- target=a:443 "
+                          "upstream=- status=200 up=0 down=0 duration=0.001 reason=done rule=- "
+                          "tls=TLSv1.3\n")
+    assert d["tls"] == "TLSv1.3" and d["reason"] == "done"
+    assert "tls" not in parse_access_line("2026-11-27T16:40:01Z client=127.0.0.1:5 status=0")
+    for bad in ("tls=TLSv1.3 status=200", "status=200 tls=SSLv3", "status=200 tls="):
+        with pytest.raises(AssertionError):
+            parse_access_line("2026-11-27T16:40:01Z client=127.0.0.1:5 " + bad)
 
 
 def test_ini_overrides():

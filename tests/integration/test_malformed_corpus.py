@@ -18,6 +18,9 @@ ways, and that the upstream received exactly early data + probe, over exactly on
 
 After every case the proxy must still be running; at the end of the module it must stop cleanly
 on SIGTERM with no sanitizer report. Every wait is bounded. Loopback only.
+
+The corpus runs twice: on a plain listener and inside TLS on an HTTPS-proxy listener (one proxy
+per transport; conftest.TRANSPORTS).
 """
 
 import os
@@ -29,7 +32,7 @@ from collections import namedtuple
 
 import pytest
 
-from conftest import BASE_CONFIG, REPO, Proxy, merge, render_ini
+from conftest import BASE_CONFIG, REPO, TRANSPORTS, Proxy, merge, render_ini, tls_listener
 from dnsserver import DNSServer
 from netutil import LOOPBACK4, check_refusal, free_port
 from servers import TCPServer
@@ -148,12 +151,12 @@ class Corpus:
             time.sleep(0.01)
 
 
-@pytest.fixture(scope="module")
-def corpus(connectd_bin, tmp_path_factory):
-    """One proxy (conftest's BASE_CONFIG, handshake 1s for the 408 case) for the whole module,
-    with its own DNS responder and a recording echo server. Teardown: SIGTERM, bounded wait;
-    fails when the proxy died, did not stop, exited with an error or printed a sanitizer
-    report."""
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def corpus(request, connectd_bin, tmp_path_factory):
+    """One proxy (conftest's BASE_CONFIG, handshake 1s for the 408 case) for the whole module
+    and transport, with its own DNS responder and a recording echo server. Teardown: SIGTERM,
+    bounded wait; fails when the proxy died, did not stop, exited with an error or printed a
+    sanitizer report."""
     dns = DNSServer()
     upstream = TCPServer(recording_echo)
     for case in CASES:
@@ -161,13 +164,20 @@ def corpus(connectd_bin, tmp_path_factory):
             dns.set(name, ["127.0.0.1"])
     workdir = str(tmp_path_factory.mktemp("corpus"))
     port = free_port(LOOPBACK4)
+    listen, tls_port, tls_cfg = f"{LOOPBACK4}:{port}", None, {}
+    if request.param == "tls":
+        entry, tls_port, tls_cfg = tls_listener(LOOPBACK4, request.getfixturevalue("certs"))
+        listen += ", " + entry
     cfg = merge(BASE_CONFIG, {
-        "server": {"listen": f"{LOOPBACK4}:{port}"},
+        "server": {"listen": listen},
         "dns": {"servers": dns.server_spec},
         "timeouts": {"handshake": "1s"},
         "log": {"access_log": os.path.join(workdir, "corpus.access.log")},
+        **tls_cfg,
     })
     proxy = Proxy(connectd_bin, workdir, "corpus", render_ini(cfg), LOOPBACK4, port, [])
+    if tls_port is not None:
+        proxy.use_tls(tls_port, request.getfixturevalue("client_tls"))
     problems = []
     try:
         proxy.wait_ready()

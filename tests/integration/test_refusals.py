@@ -6,8 +6,11 @@ import time
 
 import pytest
 
+from conftest import both_transports
 from netutil import check_refusal, closed_port, have_ipv6, parse_proxy_status, refusal_for
 from servers import Blackhole, echo_handler, hold_handler
+
+pytestmark = both_transports  # every refusal also inside TLS, on an HTTPS-proxy listener
 
 
 def logged(proxy, status, reason=None, n=1):
@@ -48,7 +51,7 @@ MALFORMED = {
 
 @pytest.mark.parametrize("name", sorted(MALFORMED))
 def test_400_malformed(proxy, dns, name):
-    refusal_for(proxy.port, MALFORMED[name], 400, "http_request_error")
+    refusal_for(proxy.port, MALFORMED[name], 400, "http_request_error", tls=proxy.tls)
     logged(proxy, 400, "bad_request")
     assert dns.queries == [], "a malformed request reached the resolver"
 
@@ -57,7 +60,7 @@ def test_400_content_length_with_body(proxy, tcp_server):
     srv = tcp_server(hold_handler)
     req = (f"CONNECT {srv.target()} HTTP/1.1\r\nHost: {srv.target()}\r\nContent-Length: 5\r\n\r\n"
            "hello").encode()
-    refusal_for(proxy.port, req, 400, "http_request_error", allow_reset=True)
+    refusal_for(proxy.port, req, 400, "http_request_error", allow_reset=True, tls=proxy.tls)
     time.sleep(0.1)
     assert srv.accepts == 0
 
@@ -101,7 +104,7 @@ def test_request_split_into_single_bytes(proxy, tcp_server):
     b"OPTIONS * HTTP/1.1\r\nHost: a.test\r\n\r\n",
 ], ids=["get_absolute", "get_pac", "post", "options"])
 def test_405_non_connect(proxy, req):
-    resp, body, _ = refusal_for(proxy.port, req, 405, "http_request_denied")
+    resp, body, _ = refusal_for(proxy.port, req, 405, "http_request_denied", tls=proxy.tls)
     allow = resp.header("Allow")
     assert allow is not None and allow.strip().upper() == "CONNECT", resp.raw_head
     logged(proxy, 405, "method_not_allowed")
@@ -114,8 +117,9 @@ def test_403_client_not_allowed(start_proxy, tcp_server):
     srv = tcp_server(echo_handler)
     p = start_proxy({"access": {"allow_clients": "127.0.0.2/32"}})
     req = f"CONNECT {srv.target()} HTTP/1.1\r\nHost: {srv.target()}\r\n\r\n".encode()
-    refusal_for(p.port, req, 403, "http_request_denied", allow_reset=True)
-    refusal_for(p.port, req, 403, "http_request_denied", source="127.0.0.3", allow_reset=True)
+    refusal_for(p.port, req, 403, "http_request_denied", allow_reset=True, tls=p.tls)
+    refusal_for(p.port, req, 403, "http_request_denied", source="127.0.0.3", allow_reset=True,
+                tls=p.tls)
     lines = p.log_lines(2)
     assert sorted(x["client"].rsplit(":", 1)[0] for x in lines) == ["127.0.0.1", "127.0.0.3"]
     for line in lines:
@@ -281,7 +285,7 @@ def test_408_slowloris_trickle(start_proxy):
 
 def test_414_request_line_too_long(proxy):
     req = b"CONNECT " + b"a" * 20000 + b".test:443 HTTP/1.1\r\nHost: a.test\r\n\r\n"
-    refusal_for(proxy.port, req, 414, "http_request_error", allow_reset=True)
+    refusal_for(proxy.port, req, 414, "http_request_error", allow_reset=True, tls=proxy.tls)
     logged(proxy, 414, "too_large")
 
 
@@ -295,14 +299,14 @@ def test_414_without_line_end(proxy):
 def test_431_too_many_headers(proxy):
     req = b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n" + b"a: b\r\n" * 2000 + b"\r\n"
     assert len(req) < 16384
-    refusal_for(proxy.port, req, 431, "http_request_error", allow_reset=True)
+    refusal_for(proxy.port, req, 431, "http_request_error", allow_reset=True, tls=proxy.tls)
     logged(proxy, 431, "too_large")
 
 
 def test_431_headers_too_large(proxy):
     req = (b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n"
            + b"".join(b"X-Pad-%d: " % i + b"v" * 1000 + b"\r\n" for i in range(20)) + b"\r\n")
-    refusal_for(proxy.port, req, 431, "http_request_error", allow_reset=True)
+    refusal_for(proxy.port, req, 431, "http_request_error", allow_reset=True, tls=proxy.tls)
 
 
 def test_431_respects_max_request_bytes(start_proxy, tcp_server):
@@ -310,7 +314,7 @@ def test_431_respects_max_request_bytes(start_proxy, tcp_server):
     p = start_proxy({"limits": {"max_request_bytes": "1024"}})
     req = (f"CONNECT {srv.target()} HTTP/1.1\r\nHost: {srv.target()}\r\n".encode()
            + b"X-A: " + b"v" * 600 + b"\r\nX-B: " + b"v" * 600 + b"\r\n\r\n")
-    refusal_for(p.port, req, 431, "http_request_error", allow_reset=True)
+    refusal_for(p.port, req, 431, "http_request_error", allow_reset=True, tls=p.tls)
     # a request well under the limit still works
     c = p.client()
     c.send(f"CONNECT {srv.target()} HTTP/1.1\r\nHost: {srv.target()}\r\nX-A: {'v' * 300}\r\n\r\n"
@@ -445,7 +449,8 @@ def test_503_idle_connections_count(start_proxy):
 
 def test_refusal_body_is_text_and_status_header_single(proxy):
     """Shape details common to every refusal, on one example."""
-    resp, body, raw = refusal_for(proxy.port, MALFORMED["port_missing"], 400, "http_request_error")
+    resp, body, raw = refusal_for(proxy.port, MALFORMED["port_missing"], 400, "http_request_error",
+                                  tls=proxy.tls)
     assert resp.version == "1.1"
     assert resp.header("Content-Type").split(";")[0].strip().lower() == "text/plain"
     member, params, _ = parse_proxy_status(resp.header("Proxy-Status"))

@@ -7,30 +7,31 @@ import signal
 import socket
 import time
 
+from conftest import both_transports
 from netutil import check_refusal, free_port
 from servers import echo_handler
 
 
-def stream_all(socks, rounds, chunk, during=None):
-    """Echo `rounds` chunks through every socket at once (one selector loop); call during()
-    once, after the first round. Returns the number of sockets that completed every round with
-    the exact bytes back."""
+def stream_all(clients, rounds, chunk, during=None):
+    """Echo `rounds` chunks through every client (netutil.Client) at once (one selector loop);
+    call during() once, after the first round. Returns the number of clients that completed
+    every round with the exact bytes back."""
     sel = selectors.DefaultSelector()
     state = {}
-    for i, s in enumerate(socks):
-        s.setblocking(False)
+    for i, s in enumerate(clients):
+        s.sock.setblocking(False)
         payload = bytes([i % 251]) * chunk
         state[s] = {"round": 0, "got": b"", "payload": payload, "ok": True, "done": False}
-        s.send(payload)
-        sel.register(s, selectors.EVENT_READ)
+        s.send_nowait(payload)
+        sel.register(s.sock, selectors.EVENT_READ, s)
     called = False
     deadline = time.monotonic() + 60
     while any(not st["done"] for st in state.values()) and time.monotonic() < deadline:
         for key, _ in sel.select(timeout=1.0):
-            s = key.fileobj
+            s = key.data
             st = state[s]
             try:
-                data = s.recv(65536)
+                data = s.recv_nowait(65536)
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
@@ -38,7 +39,7 @@ def stream_all(socks, rounds, chunk, during=None):
             if not data:
                 st["ok"] = False
                 st["done"] = True
-                sel.unregister(s)
+                sel.unregister(s.sock)
                 continue
             st["got"] += data
             if len(st["got"]) < chunk:
@@ -49,9 +50,9 @@ def stream_all(socks, rounds, chunk, during=None):
             st["round"] += 1
             if st["round"] >= rounds:
                 st["done"] = True
-                sel.unregister(s)
+                sel.unregister(s.sock)
                 continue
-            s.send(st["payload"])
+            s.send_nowait(st["payload"])
         if not called and during and all(st["round"] >= 1 or st["done"] for st in state.values()):
             during()
             called = True
@@ -59,14 +60,14 @@ def stream_all(socks, rounds, chunk, during=None):
     return sum(1 for st in state.values() if st["ok"] and st["round"] >= rounds)
 
 
+@both_transports
 def test_reload_with_200_tunnels_streaming(start_proxy, tcp_server):
     allowed = tcp_server(echo_handler)
     later = tcp_server(echo_handler)
     p = start_proxy({"access": {"allow_ports": str(allowed.port)}})
     socks = []
     for _ in range(200):
-        c = p.tunnel(allowed.target())
-        socks.append(c.sock)
+        socks.append(p.tunnel(allowed.target()))
     c = p.client()
     c.connect_request(later.target())
     check_refusal(c, 403, "http_request_denied")
@@ -88,6 +89,7 @@ def test_reload_with_200_tunnels_streaming(start_proxy, tcp_server):
     assert p.proc.poll() is None
 
 
+@both_transports
 def test_reload_with_broken_config_keeps_serving(start_proxy, tcp_server):
     srv = tcp_server(echo_handler)
     p = start_proxy({"access": {"allow_ports": str(srv.port)}})

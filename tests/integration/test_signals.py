@@ -4,6 +4,7 @@ import signal
 import socket
 import time
 
+from conftest import both_transports
 from netutil import wait_port
 from servers import echo_handler, hold_handler
 
@@ -15,6 +16,7 @@ def test_sigterm_idle_exits_zero(proxy):
     assert rc == 0, f"exit status {rc} after SIGTERM"
 
 
+@both_transports
 def test_sigterm_drains_open_tunnel(start_proxy, tcp_server):
     """With shutdown = 1s: after SIGTERM the listener stops accepting, the open tunnel keeps
     working during the drain, then is closed (reason=shutdown) and the process exits 0."""
@@ -48,6 +50,7 @@ def test_sigterm_drains_open_tunnel(start_proxy, tcp_server):
     assert line["reason"] == "shutdown" and line["up"] == "5" and line["down"] == "5"
 
 
+@both_transports
 def test_sigterm_drain_ends_early_when_tunnels_close(start_proxy, tcp_server):
     srv = tcp_server(echo_handler)
     p = start_proxy({"timeouts": {"shutdown": "10s"}})
@@ -68,6 +71,7 @@ def test_sigterm_drain_ends_early_when_tunnels_close(start_proxy, tcp_server):
     assert time.monotonic() - t0 < 3
 
 
+@both_transports
 def test_sigpipe_ignored(proxy, tcp_server):
     """Upstream keeps writing into a client that vanished: the daemon must survive (EPIPE)."""
     import os
@@ -90,6 +94,7 @@ def test_sigpipe_ignored(proxy, tcp_server):
     assert wait_port("127.0.0.1", proxy.port, 2)
 
 
+@both_transports
 def test_survives_client_flood_of_resets(proxy, tcp_server):
     srv = tcp_server(hold_handler)
     for i in range(50):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import SHIPPED_CONFIG
+from conftest import SHIPPED_CONFIG, both_transports
 from netutil import SUCCESS_REPLY, check_refusal, have_ipv6, sha256
 from servers import (
     Blackhole,
@@ -108,6 +108,7 @@ def test_shipped_defaults_refuse_private_destination(start_proxy, tcp_server, ce
 # ---- the 200 reply and early data ----------------------------------------------------------
 
 
+@both_transports
 def test_success_reply_is_exact(proxy, tcp_server):
     """Everything before the upstream's first byte is exactly the 200 line + empty line."""
     srv = tcp_server(greeting_echo_handler(b"HELLO\n"))
@@ -119,6 +120,7 @@ def test_success_reply_is_exact(proxy, tcp_server):
     assert c.recv_exact(4) == b"ping"
 
 
+@both_transports
 def test_early_data_in_same_send(proxy, tcp_server):
     srv = tcp_server(echo_handler)
     payload = b"EARLY-" + os.urandom(1000)
@@ -133,6 +135,7 @@ def test_early_data_in_same_send(proxy, tcp_server):
     assert r["bytes"] == len(payload)
 
 
+@both_transports
 def test_large_early_data(proxy, tcp_server):
     """200 KB sent in the same write as the request head: nothing lost, order kept."""
     srv = tcp_server(sink_handler(reply=b"done"))
@@ -146,6 +149,7 @@ def test_large_early_data(proxy, tcp_server):
     assert r["bytes"] == len(payload) and r["sha256"] == sha256(payload)
 
 
+@both_transports
 def test_payload_before_reading_200(proxy, tcp_server):
     srv = tcp_server(echo_handler)
     c = proxy.client()
@@ -157,6 +161,7 @@ def test_payload_before_reading_200(proxy, tcp_server):
     assert c.recv_exact(11) == b"firstsecond"
 
 
+@both_transports
 def test_echo_many_round_trips(proxy, tcp_server):
     srv = tcp_server(echo_handler)
     c = proxy.tunnel(srv.target())
@@ -169,14 +174,14 @@ def test_echo_many_round_trips(proxy, tcp_server):
 # ---- half-close ----------------------------------------------------------------------------
 
 
+@both_transports
 def test_half_close_client_first(proxy, tcp_server):
     """Client sends then SHUT_WR; the server sees EOF, then still answers in full."""
     reply = os.urandom(300 * 1024)
     srv = tcp_server(sink_handler(reply=reply))
     data = os.urandom(100 * 1024)
     c = proxy.tunnel(srv.target())
-    c.send(data)
-    c.shutdown_write()
+    c.send(data, end=True)  # over TLS: the close_notify comes with the last record
     got, how = c.read_until_close(10)
     assert how == "eof"
     assert len(got) == len(reply) and got == reply
@@ -187,6 +192,7 @@ def test_half_close_client_first(proxy, tcp_server):
     assert int(line["up"]) == len(data) and int(line["down"]) == len(reply)
 
 
+@both_transports
 def test_half_close_server_first(proxy, tcp_server):
     """Server sends then SHUT_WR; the client gets all + EOF, keeps sending, server receives."""
     first = os.urandom(50 * 1024)
@@ -208,6 +214,7 @@ def test_half_close_server_first(proxy, tcp_server):
 # ---- resets and timers ---------------------------------------------------------------------
 
 
+@both_transports
 def test_upstream_reset_closes_client(proxy, tcp_server):
     srv = tcp_server(reset_after_handler(nbytes_first=3))
     c = proxy.tunnel(srv.target())
@@ -231,6 +238,7 @@ def test_client_reset_closes_upstream(proxy, tcp_server):
     assert line["up"] == "5"
 
 
+@both_transports
 def test_idle_timeout(start_proxy, tcp_server):
     p = start_proxy({"timeouts": {"idle": "1s"}})
     srv = tcp_server(hold_handler)
@@ -244,6 +252,7 @@ def test_idle_timeout(start_proxy, tcp_server):
     assert line["reason"] == "idle_timeout" and line["status"] == "200"
 
 
+@both_transports
 def test_activity_defers_idle_timeout(start_proxy, tcp_server):
     p = start_proxy({"timeouts": {"idle": "1s"}})
     srv = tcp_server(echo_handler)
@@ -258,6 +267,7 @@ def test_activity_defers_idle_timeout(start_proxy, tcp_server):
     assert n >= 6
 
 
+@both_transports
 def test_backpressure_bounded_memory(proxy, tcp_server):
     """The server pushes 48 MB while the client does not read for 1.5 s: the proxy must stop
     reading upstream (RSS stays bounded), then deliver every byte once the client reads."""
@@ -274,10 +284,9 @@ def test_backpressure_bounded_memory(proxy, tcp_server):
     h = hashlib.sha256(c.buf)
     n = len(c.buf)
     c.buf = b""
-    c.sock.settimeout(10)
     deadline = time.monotonic() + 30
     while n < len(payload) and time.monotonic() < deadline:
-        d = c.sock.recv(1 << 20)
+        d = c.recv(1 << 20, timeout=10)
         if not d:
             break
         h.update(d)
