@@ -68,6 +68,13 @@ ssize_t tls_conn_read(struct tls_conn *s, void *buf, size_t n);
  * After a WANT, call again with at least the same bytes (the buffer may move). */
 ssize_t tls_conn_write(struct tls_conn *s, const void *buf, size_t n);
 
+/* Records taken by tls_conn_write (or the handshake) that the socket has not taken yet: they
+ * are sent in batches, several records per send(2). Wait for writability and flush. */
+bool tls_conn_unsent(const struct tls_conn *s);
+
+/* Send what waits: 0 when nothing is left, TLS_WANT_WRITE, or -1 (errno). */
+int tls_conn_flush(struct tls_conn *s);
+
 /* Send close_notify (best effort, non-blocking): the TLS end of our direction. */
 void tls_conn_close_notify(struct tls_conn *s);
 

@@ -34,6 +34,21 @@ static inline ssize_t tp_send(struct endpoint *e, const void *buf, size_t n) {
     return tp_tls_send(e, buf, n);
 }
 
+bool tp_tls_unsent(const struct endpoint *e);
+int tp_tls_flush(struct endpoint *e);
+
+/* Bytes the transport took from us (tp_send returned them) but the socket has not: a TLS
+ * session sends its records in batches. The relay waits for writability until this is false,
+ * before it passes an end on or calls a direction drained. */
+static inline bool tp_unsent(const struct endpoint *e) {
+    return e->tls && tp_tls_unsent(e);
+}
+
+/* Push those bytes on: 0 when none are left, -1 with errno (EAGAIN: wait for writability). */
+static inline int tp_flush(struct endpoint *e) {
+    return e->tls ? tp_tls_flush(e) : 0;
+}
+
 /* Start reading e. A TLS session may hold bytes it already took from the socket: then the read
  * watcher is fed at once, since the socket itself may never become readable again. */
 static inline void tp_read_on(struct ev_loop *loop, struct endpoint *e) {

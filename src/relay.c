@@ -212,6 +212,10 @@ static int flush(struct tunnel *t, struct endpoint *src) {
     struct ev_loop *loop = t->srv->loop;
     ssize_t left = 0;
     size_t cap = 0;
+    if (tp_unsent(dst) && tp_flush(dst) == -1 && errno != EAGAIN) {
+        tunnel_close(t, reset_reason(t, dst));
+        return -1;
+    }
     if (src->in) {
         left = drain_buf(t, src, dst);
         cap = BUF_CAP;
@@ -228,6 +232,17 @@ static int flush(struct tunnel *t, struct endpoint *src) {
         if (src->in && (size_t)left == BUF_CAP)
             ev_io_stop(loop, &src->rw); /* full: a read would have no room */
         else if (!src->eof && (size_t)left <= cap / 2 && (size_t)left <= RESUME_AT)
+            tp_read_on(loop, src);
+        return 0;
+    }
+    if (tp_unsent(dst)) {
+        /* Our buffer is empty, but the transport still holds records for dst: wait for
+         * writability before calling the direction drained (and before passing an end on). */
+        relay_release(t->srv, src);
+        t->last_active = ev_now(loop);
+        ev_io_start(loop, &dst->ww);
+        tunnel_watch_stall(t);
+        if (!src->eof)
             tp_read_on(loop, src);
         return 0;
     }

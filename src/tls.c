@@ -34,6 +34,7 @@
 
 struct tls_ctx {
     SSL_CTX *ssl;
+    bool ktls; /* sessions write through a socket BIO, so OpenSSL may hand them to the kernel */
     unsigned char *ocsp;
     size_t ocsp_len;
     time_t ocsp_until; /* its nextUpdate: not stapled from then on; 0 = none given */
@@ -49,6 +50,11 @@ struct tls_conn {
     bool truncated;
     bool broken;   /* a protocol error or reset: the session must not be resumed */
     bool deferred; /* a read returned data, then met the end or an error: next call says so */
+    /* Records waiting for the socket (the out BIO): several go out in one send(2) instead
+     * of a write per 16 KiB record. Allocated while bytes wait, so idle sessions hold none. */
+    unsigned char *out;
+    size_t outlen, outoff;
+    bool own_out; /* writes go to the out BIO (else to a socket BIO: kTLS possible) */
     int deferred_ret, deferred_errno;
     char err[120];
 };
@@ -380,7 +386,7 @@ struct tls_ctx *tls_ctx_new(const struct tls_config *tc, char *err, size_t errle
         opts |= SSL_OP_NO_TICKET;
     char why[80];
     if (tls_ktls_available(why, sizeof why))
-        opts |= SSL_OP_ENABLE_KTLS;
+        opts |= SSL_OP_ENABLE_KTLS, c->ktls = true;
     SSL_CTX_set_options(s, opts);
     /* Mozilla's "intermediate" choice: AEAD suites with forward secrecy only. AES-128-GCM
      * first: as safe in practice and the cheapest per byte with AES-NI, which matters to a
@@ -504,6 +510,82 @@ bool tls_ktls_available(char *why, size_t whylen) {
 
 /* ---- sessions ---- */
 
+/* ---- the out BIO: records gathered for one send(2) ---- */
+
+#define OUT_CAP (64 * 1024) /* four full records and their overhead fit, about */
+
+static int out_write(BIO *b, const char *data, int len) {
+    struct tls_conn *s = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (!s->out) {
+        s->out = malloc(OUT_CAP);
+        if (!s->out)
+            return -1;
+        s->outlen = s->outoff = 0;
+    }
+    if (s->outoff > 0 && s->outlen + (size_t)len > OUT_CAP) { /* make room at the front */
+        memmove(s->out, s->out + s->outoff, s->outlen - s->outoff);
+        s->outlen -= s->outoff;
+        s->outoff = 0;
+    }
+    size_t room = OUT_CAP - s->outlen, n = (size_t)len < room ? (size_t)len : room;
+    if (n == 0) {
+        BIO_set_retry_write(b); /* full: SSL_write says WANT_WRITE, the caller flushes */
+        return -1;
+    }
+    memcpy(s->out + s->outlen, data, n);
+    s->outlen += n;
+    return (int)n;
+}
+
+static long out_ctrl(BIO *b, int cmd, long num, void *ptr) {
+    (void)b;
+    (void)num;
+    (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0; /* we flush ourselves, at the right moments */
+}
+
+static BIO_METHOD *out_method(void) {
+    static BIO_METHOD *m;
+    if (!m) {
+        m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "connectd-out");
+        if (m && (!BIO_meth_set_write(m, out_write) || !BIO_meth_set_ctrl(m, out_ctrl))) {
+            BIO_meth_free(m);
+            m = NULL;
+        }
+    }
+    return m;
+}
+
+/* Send what the out BIO holds: 0 when all went, TLS_WANT_WRITE when the socket is full, -1
+ * (errno) when it failed. The buffer goes back once empty. */
+static int out_flush(struct tls_conn *s) {
+    while (s->outoff < s->outlen) {
+        ssize_t n = send(s->fd, s->out + s->outoff, s->outlen - s->outoff, MSG_NOSIGNAL);
+        if (n == -1) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return TLS_WANT_WRITE;
+            s->broken = true;
+            return -1;
+        }
+        s->outoff += (size_t)n;
+    }
+    free(s->out);
+    s->out = NULL;
+    s->outlen = s->outoff = 0;
+    return 0;
+}
+
+bool tls_conn_unsent(const struct tls_conn *s) {
+    return s->outoff < s->outlen;
+}
+
+int tls_conn_flush(struct tls_conn *s) {
+    return out_flush(s);
+}
+
 struct tls_conn *tls_conn_new(struct tls_ctx *c, int fd, const void *pre, size_t prelen) {
     struct tls_conn *s = calloc(1, sizeof *s);
     if (!s)
@@ -512,25 +594,31 @@ struct tls_conn *tls_conn_new(struct tls_ctx *c, int fd, const void *pre, size_t
     s->ssl = SSL_new(c->ssl);
     if (!s->ssl)
         goto fail;
-    if (prelen == 0) {
-        if (SSL_set_fd(s->ssl, fd) != 1)
-            goto fail;
-    } else {
-        BIO *w = BIO_new_socket(fd, BIO_NOCLOSE);
-        s->pre = BIO_new(BIO_s_mem());
-        if (!w || !s->pre || BIO_write(s->pre, pre, (int)prelen) != (int)prelen) {
-            BIO_free(w);
-            BIO_free(s->pre);
-            goto fail;
-        }
-        BIO_set_mem_eof_return(s->pre, -1); /* empty is "try again", not the end */
-        SSL_set_bio(s->ssl, s->pre, w);
+    /* Writes gather in the out BIO, unless the kernel may take over the encryption (kTLS
+     * needs OpenSSL to own a socket BIO). */
+    BIO *w = c->ktls ? BIO_new_socket(fd, BIO_NOCLOSE) : BIO_new(out_method());
+    BIO *r = prelen == 0 ? BIO_new_socket(fd, BIO_NOCLOSE) : BIO_new(BIO_s_mem());
+    if (!w || !r || (prelen > 0 && BIO_write(r, pre, (int)prelen) != (int)prelen)) {
+        BIO_free(w);
+        BIO_free(r);
+        goto fail;
     }
+    if (!c->ktls) {
+        BIO_set_data(w, s);
+        BIO_set_init(w, 1);
+        s->own_out = true;
+    }
+    if (prelen > 0) {
+        BIO_set_mem_eof_return(r, -1); /* empty is "try again", not the end */
+        s->pre = r;
+    }
+    SSL_set_bio(s->ssl, r, w);
     SSL_set_accept_state(s->ssl);
     return s;
 fail:
     ERR_clear_error();
     SSL_free(s->ssl);
+    free(s->out);
     free(s);
     return NULL;
 }
@@ -558,6 +646,7 @@ void tls_conn_free(struct tls_conn *s) {
          * wants one each way; best effort, the socket closes next). */
         if ((sd & SSL_RECEIVED_SHUTDOWN) && !(sd & SSL_SENT_SHUTDOWN))
             (void)SSL_shutdown(s->ssl);
+        (void)out_flush(s);
         /* An ordinary end keeps the session resumable (without this OpenSSL drops it from
          * the session cache, as after an error). */
         SSL_set_shutdown(s->ssl, SSL_get_shutdown(s->ssl) | SSL_SENT_SHUTDOWN);
@@ -617,18 +706,27 @@ int tls_conn_handshake(struct tls_conn *s) {
         ERR_clear_error();
         errno = 0;
         int r = SSL_do_handshake(s->ssl);
+        int fl = out_flush(s); /* our flight, in one send */
+        if (fl == -1) {
+            snprintf(s->err, sizeof s->err, "%s", strerror(errno));
+            return -1;
+        }
         if (r == 1) {
             (void)pre_drained(s);
-            return TLS_DONE;
+            return TLS_DONE; /* what did not fit the socket goes with the next write */
         }
         r = failed(s, r);
         if (r == TLS_WANT_READ && pre_drained(s))
             continue;
-        return r == 0 ? -1 : r; /* close_notify before the handshake ended: a failure too */
+        if (r == TLS_WANT_WRITE && fl == 0 && s->own_out)
+            continue; /* the out BIO was full and is empty now */
+        if (r == TLS_WANT_READ && fl == TLS_WANT_WRITE)
+            return TLS_WANT_WRITE; /* our flight must go out before the client can answer */
+        return r == 0 ? -1 : r;    /* close_notify before the handshake ended: a failure too */
     }
 }
 
-ssize_t tls_conn_read(struct tls_conn *s, void *buf, size_t n) {
+static ssize_t read_records(struct tls_conn *s, void *buf, size_t n) {
     size_t got = 0;
     if (s->deferred) { /* the end (or error) met behind the data returned last time */
         s->deferred = false;
@@ -662,6 +760,16 @@ ssize_t tls_conn_read(struct tls_conn *s, void *buf, size_t n) {
     return (ssize_t)got;
 }
 
+ssize_t tls_conn_read(struct tls_conn *s, void *buf, size_t n) {
+    ssize_t r = read_records(s, buf, n);
+    if (tls_conn_unsent(s)) { /* a read that wrote (a key update, an alert): send it along */
+        int saved = errno;
+        (void)out_flush(s);
+        errno = saved;
+    }
+    return r;
+}
+
 ssize_t tls_conn_write(struct tls_conn *s, const void *buf, size_t n) {
     size_t done = 0;
     while (done < n) {
@@ -673,6 +781,13 @@ ssize_t tls_conn_write(struct tls_conn *s, const void *buf, size_t n) {
             continue;
         }
         int f = failed(s, 0);
+        if (f == TLS_WANT_WRITE && tls_conn_unsent(s)) { /* the out BIO is full: send it */
+            int fl = out_flush(s);
+            if (fl == 0)
+                continue;
+            if (fl == -1)
+                return -1;
+        }
         if (done > 0 && (f == TLS_WANT_WRITE || f == TLS_WANT_READ))
             return (ssize_t)done;
         if (f == 0) { /* cannot happen when writing; treat as a reset */
@@ -681,6 +796,10 @@ ssize_t tls_conn_write(struct tls_conn *s, const void *buf, size_t n) {
         }
         return f;
     }
+    /* Everything is taken: send the records now, in as few calls as the socket allows. What
+     * does not fit waits in the out BIO (tls_conn_unsent; the relay keeps watching). */
+    if (out_flush(s) == -1)
+        return -1;
     return (ssize_t)done;
 }
 
@@ -689,6 +808,7 @@ void tls_conn_close_notify(struct tls_conn *s) {
     if (!(SSL_get_shutdown(s->ssl) & SSL_SENT_SHUTDOWN))
         (void)SSL_shutdown(s->ssl);
     ERR_clear_error();
+    (void)out_flush(s);
 }
 
 bool tls_conn_pending(const struct tls_conn *s) {

@@ -45,10 +45,25 @@ void tp_tls_read_on(struct ev_loop *loop, struct endpoint *e) {
         ev_feed_event(loop, &e->rw, EV_READ);
 }
 
+bool tp_tls_unsent(const struct endpoint *e) {
+    return tls_conn_unsent(e->tls);
+}
+
+int tp_tls_flush(struct endpoint *e) {
+    int r = tls_conn_flush(e->tls);
+    if (r == TLS_WANT_WRITE) {
+        errno = EAGAIN;
+        return -1;
+    }
+    return r;
+}
+
 int tp_shutdown_write(struct endpoint *e, bool skip_fin) {
     if (e->tls)
         tls_conn_close_notify(e->tls);
-    if (skip_fin)
+    /* A FIN now would cut records still waiting for the socket (it was full): the close
+     * sends the FIN after them. */
+    if (skip_fin || tp_unsent(e))
         return 0;
     if (shutdown(e->fd, SHUT_WR) == -1 && errno != ENOTCONN)
         return -1;
