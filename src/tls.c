@@ -512,13 +512,32 @@ bool tls_ktls_available(char *why, size_t whylen) {
 
 /* ---- the out BIO: records gathered for one send(2) ---- */
 
-#define OUT_CAP (64 * 1024) /* four full records and their overhead fit, about */
+#define OUT_CAP      (64 * 1024) /* four full records and their overhead fit, about */
+#define OUT_POOL_MAX 64          /* empty out buffers kept for reuse (per process) */
+
+/* A bulk download empties and refills its out buffer on every round: reuse buffers rather
+ * than asking malloc for 64 KiB each time. Idle sessions still hold none. */
+static unsigned char *out_pool[OUT_POOL_MAX];
+static size_t out_npool;
+
+static unsigned char *out_get(void) {
+    return out_npool > 0 ? out_pool[--out_npool] : malloc(OUT_CAP);
+}
+
+static void out_put(struct tls_conn *s) {
+    if (s->out && out_npool < OUT_POOL_MAX)
+        out_pool[out_npool++] = s->out;
+    else
+        free(s->out);
+    s->out = NULL;
+    s->outlen = s->outoff = 0;
+}
 
 static int out_write(BIO *b, const char *data, int len) {
     struct tls_conn *s = BIO_get_data(b);
     BIO_clear_retry_flags(b);
     if (!s->out) {
-        s->out = malloc(OUT_CAP);
+        s->out = out_get();
         if (!s->out)
             return -1;
         s->outlen = s->outoff = 0;
@@ -572,9 +591,7 @@ static int out_flush(struct tls_conn *s) {
         }
         s->outoff += (size_t)n;
     }
-    free(s->out);
-    s->out = NULL;
-    s->outlen = s->outoff = 0;
+    out_put(s);
     return 0;
 }
 
@@ -653,6 +670,7 @@ void tls_conn_free(struct tls_conn *s) {
     }
     ERR_clear_error();
     SSL_free(s->ssl);
+    free(s->out); /* still holding records the socket never took */
     free(s);
 }
 
