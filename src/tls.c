@@ -1,6 +1,8 @@
 /* tls: OpenSSL contexts from [tls], and client sessions on non-blocking sockets. */
 #include "tls.h"
 
+#include "buf.h"
+
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -512,7 +514,7 @@ bool tls_ktls_available(char *why, size_t whylen) {
 
 /* ---- the out BIO: records gathered for one send(2) ---- */
 
-#define OUT_CAP      (64 * 1024) /* four full records and their overhead fit, about */
+#define OUT_CAP      (BUF_CAP + 4 * 256) /* the records of a full relay buffer, overhead and all */
 #define OUT_POOL_MAX 64          /* empty out buffers kept for reuse (per process) */
 
 /* A bulk download empties and refills its out buffer on every round: reuse buffers rather
@@ -724,6 +726,12 @@ int tls_conn_handshake(struct tls_conn *s) {
         ERR_clear_error();
         errno = 0;
         int r = SSL_do_handshake(s->ssl);
+        if (r == 1 && s->own_out && SSL_version(s->ssl) == TLS1_3_VERSION) {
+            /* TLS 1.3: our Finished left with the first flight; what the last step wrote (the
+             * session ticket) waits for our first answer and leaves in the same send. */
+            (void)pre_drained(s);
+            return TLS_DONE;
+        }
         int fl = out_flush(s); /* our flight, in one send */
         if (fl == -1) {
             snprintf(s->err, sizeof s->err, "%s", strerror(errno));
@@ -778,9 +786,14 @@ static ssize_t read_records(struct tls_conn *s, void *buf, size_t n) {
     return (ssize_t)got;
 }
 
+static size_t out_held(const struct tls_conn *s) {
+    return s->outlen - s->outoff;
+}
+
 ssize_t tls_conn_read(struct tls_conn *s, void *buf, size_t n) {
+    size_t held = out_held(s); /* a session ticket may wait for our first answer */
     ssize_t r = read_records(s, buf, n);
-    if (tls_conn_unsent(s)) { /* a read that wrote (a key update, an alert): send it along */
+    if (out_held(s) > held) { /* a read that wrote (a key update, an alert): send it along */
         int saved = errno;
         (void)out_flush(s);
         errno = saved;
