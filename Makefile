@@ -23,7 +23,7 @@ CPPFLAGS_ALL := -D_GNU_SOURCE -Iinclude $(shell pkg-config --cflags-only-I inih 
 OPT    ?= -O2 -g
 CFLAGS_ALL  = $(OPT) $(WARN) $(HARDEN) $(CFLAGS)
 LDFLAGS_ALL = -pie -Wl,-z,relro,-z,now $(LDFLAGS)
-LIBS   := -lev -linih -lcares -lyaml -lcrypt -lsystemd -ljansson -lssl -lcrypto -lpthread -lm
+LIBS   := -lev -linih -lcares -lyaml -lcrypt -lsystemd -ljansson -lssl -lcrypto -lnghttp2 -lpthread -lm
 
 PURE_SRC := src/http.c src/config.c src/policy.c src/addr.c src/buf.c src/clients.c src/text.c \
             src/rules.c src/policy_yaml.c src/auth.c src/admin_http.c src/obuf.c \
@@ -31,7 +31,7 @@ PURE_SRC := src/http.c src/config.c src/policy.c src/addr.c src/buf.c src/client
 IO_SRC   := src/main.c src/server.c src/master.c src/net.c src/listener.c src/dns.c src/tunnel.c \
             src/request.c src/dial.c src/relay.c src/log.c src/auth_service.c src/loopguard.c \
             src/passwd.c src/privdrop.c src/generation.c src/stats.c src/metrics.c src/admin.c src/tls.c \
-            src/transport.c
+            src/transport.c src/h2.c
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 
 # BUILD is the object directory; the sanitizer build uses its own.

@@ -51,6 +51,14 @@ struct tls_config {
     bool session_tickets; /* stateless resumption */
 };
 
+/* [http2]: HTTP/2 clients (ALPN h2 on a tls listener). A window is what a client may send
+ * before connectd has passed it on: the bound on what one stream (or one connection) holds. */
+struct h2_config {
+    unsigned max_streams;       /* SETTINGS_MAX_CONCURRENT_STREAMS */
+    unsigned stream_window;     /* SETTINGS_INITIAL_WINDOW_SIZE, bytes */
+    unsigned connection_window; /* the connection's receive window, bytes */
+};
+
 /* [parent NAME]: a proxy to send tunnels through (it gets connectd's own CONNECT). */
 struct parent {
     char *name;
@@ -113,6 +121,7 @@ struct config {
     struct admin_config admin;
     /* [tls] */
     struct tls_config tls;
+    struct h2_config h2;
     bool has_tls_listener; /* some [server] listen address has the "tls" option */
     /* [parent NAME] sections, and [access] via: the default route (VIA_DIRECT or indexes) */
     struct parent *parents;

@@ -56,6 +56,9 @@ enum stat_counter {
     C_TLS_FULL,              /* TLS handshakes completed with a new session */
     C_TLS_RESUMED,           /* TLS handshakes that resumed a session (ticket) */
     C_TLS_FAILED,            /* TLS handshakes that failed or timed out */
+    C_H2_CONNECTIONS,        /* client connections that chose HTTP/2 (ALPN h2) */
+    C_H2_STREAMS,            /* streams they opened (each a request: most become tunnels) */
+    C_H2_FLOODS,             /* HTTP/2 connections closed for flooding control frames */
     C_N
 };
 

@@ -92,6 +92,10 @@ const char *tls_conn_version(const struct tls_conn *s);
 
 /* The handshake resumed a session (ticket). */
 bool tls_conn_resumed(const struct tls_conn *s);
+/* The handshake chose ALPN "h2": the client speaks HTTP/2 (h2.c takes over). */
+bool tls_conn_h2(const struct tls_conn *s);
+/* Do not choose h2 for this client (it is being refused: the answer is HTTP/1.1). */
+void tls_conn_no_h2(struct tls_conn *s);
 
 /* The kernel encrypts what we send on this socket (kTLS transmit): plain bytes may be written
  * to the fd directly, with send(2) or splice(2). */

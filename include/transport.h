@@ -6,12 +6,14 @@
 #ifndef CONNECTD_TRANSPORT_H
 #define CONNECTD_TRANSPORT_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
 #include <ev.h>
 
+#include "h2.h"
 #include "tunnel.h"
 
 ssize_t tp_tls_recv(struct ev_loop *loop, struct endpoint *e, void *buf, size_t n);
@@ -22,7 +24,7 @@ void tp_tls_read_on(struct ev_loop *loop, struct endpoint *e);
  * the read watcher; a TLS read that must write first arranges that itself). */
 static inline ssize_t tp_recv(struct ev_loop *loop, struct endpoint *e, void *buf, size_t n) {
     if (!e->tls)
-        return recv(e->fd, buf, n, 0);
+        return !e->h2 ? recv(e->fd, buf, n, 0) : h2_stream_recv(e->h2, buf, n);
     return tp_tls_recv(loop, e, buf, n);
 }
 
@@ -30,7 +32,7 @@ static inline ssize_t tp_recv(struct ev_loop *loop, struct endpoint *e, void *bu
  * watcher). */
 static inline ssize_t tp_send(struct endpoint *e, const void *buf, size_t n) {
     if (!e->tls || e->ktls_tx)
-        return send(e->fd, buf, n, MSG_NOSIGNAL);
+        return !e->h2 ? send(e->fd, buf, n, MSG_NOSIGNAL) : h2_stream_send(e->h2, buf, n);
     return tp_tls_send(e, buf, n);
 }
 
@@ -41,18 +43,54 @@ int tp_tls_flush(struct endpoint *e);
  * session sends its records in batches. The relay waits for writability until this is false,
  * before it passes an end on or calls a direction drained. */
 static inline bool tp_unsent(const struct endpoint *e) {
-    return e->tls && tp_tls_unsent(e);
+    return (e->tls && tp_tls_unsent(e)) || (e->h2 && h2_stream_unsent(e->h2));
 }
 
 /* Push those bytes on: 0 when none are left, -1 with errno (EAGAIN: wait for writability). */
 static inline int tp_flush(struct endpoint *e) {
+    if (e->h2) { /* the HTTP/2 connection sends on its own: wait for the stream's room */
+        errno = EAGAIN;
+        return h2_stream_unsent(e->h2) ? -1 : 0;
+    }
     return e->tls ? tp_tls_flush(e) : 0;
+}
+
+/* The endpoint's read and write watchers. A stream has no socket of its own: its watchers are
+ * never started; h2.c feeds them while they are "on". */
+static inline void tp_watch_read(struct ev_loop *loop, struct endpoint *e) {
+    if (e->h2)
+        h2_stream_watch_read(e->h2, true);
+    else
+        ev_io_start(loop, &e->rw);
+}
+
+static inline void tp_unwatch_read(struct ev_loop *loop, struct endpoint *e) {
+    ev_io_stop(loop, &e->rw); /* also drops a fed event still pending */
+    if (e->h2)
+        h2_stream_watch_read(e->h2, false);
+}
+
+static inline void tp_watch_write(struct ev_loop *loop, struct endpoint *e) {
+    if (e->h2)
+        h2_stream_watch_write(e->h2, true);
+    else
+        ev_io_start(loop, &e->ww);
+}
+
+static inline void tp_unwatch_write(struct ev_loop *loop, struct endpoint *e) {
+    ev_io_stop(loop, &e->ww);
+    if (e->h2)
+        h2_stream_watch_write(e->h2, false);
+}
+
+static inline bool tp_watching_write(const struct endpoint *e) {
+    return e->h2 ? h2_stream_watching_write(e->h2) : ev_is_active(&e->ww);
 }
 
 /* Start reading e. A TLS session may hold bytes it already took from the socket: then the read
  * watcher is fed at once, since the socket itself may never become readable again. */
 static inline void tp_read_on(struct ev_loop *loop, struct endpoint *e) {
-    ev_io_start(loop, &e->rw);
+    tp_watch_read(loop, e);
     if (e->tls)
         tp_tls_read_on(loop, e);
 }
@@ -62,7 +100,8 @@ static inline void tp_read_on(struct ev_loop *loop, struct endpoint *e) {
 int tp_shutdown_write(struct endpoint *e, bool skip_fin);
 
 /* Free e's transport state (the caller closes the socket). A TLS session is dropped without
- * close_notify: either tp_shutdown_write sent it, or the tunnel ended abnormally. */
-void tp_free(struct endpoint *e);
+ * close_notify: either tp_shutdown_write sent it, or the tunnel ended abnormally. A stream
+ * that did not end cleanly is reset (CONNECT_ERROR when destination_failed). */
+void tp_free(struct endpoint *e, bool destination_failed);
 
 #endif

@@ -43,8 +43,10 @@ struct endpoint {
     bool shut;      /* we called shutdown(SHUT_WR) on this side */
     bool bulk;      /* bytes from this side go through splice(2) */
     bool copy_only; /* bytes from this side may not be spliced (one end is a TLS session) */
-    /* The transport (transport.h): NULL is a plain socket; else a TLS session on fd. */
+    /* The transport (transport.h): both NULL is a plain socket; tls: a TLS session on fd;
+     * h2: a stream of an HTTP/2 connection (fd is -1, the watchers are fed, never started). */
     struct tls_conn *tls;
+    struct h2stream *h2;
     bool ktls_tx;          /* the kernel encrypts what we send on fd: write plain bytes */
     bool read_wants_write; /* a TLS read is waiting for fd to be writable */
     struct endpoint *peer;
@@ -78,6 +80,7 @@ struct tunnel {
     bool tls;                    /* from a "tls" listener: the client speaks TLS */
     bool tls_ready;              /* its TLS handshake is done: answers go inside TLS */
     const char *tls_version;     /* "TLSv1.3" (a static string) once tls_ready */
+    unsigned long h2_conn;       /* an HTTP/2 stream: its connection's number (h2=N); else 0 */
     struct client_entry *ce;     /* per-client accounting, NULL when not limited */
 };
 
@@ -91,6 +94,14 @@ void tunnel_set_via_name(const char *id);
  * listener, so the client speaks TLS (after the PROXY header, if any). */
 void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer, bool proxy_protocol,
                    bool tls);
+
+struct h2stream;
+/* An HTTP/2 CONNECT stream (h2.c) becomes a tunnel whose client side is the stream: counted
+ * and limited like a connection, its request (written as HTTP/1.1 by h2.c) judged like any
+ * other. extended: the stream carried :protocol (extended CONNECT), refused with 501. */
+void tunnel_open_stream(struct server *srv, struct h2stream *s, const union sockaddr_any *peer,
+                        const union sockaddr_any *balancer, const char *tls_version,
+                        unsigned long conn, const char *req, size_t reqlen, bool extended);
 
 /* The one way a tunnel ends: stop watchers, cancel DNS, close fds, write the access-log line,
  * unlink and queue the object for freeing after the current callbacks return. */
@@ -118,6 +129,8 @@ int relay_start(struct tunnel *t, const char *reply, size_t replylen, const char
 /* Buffers and pipes for the relay come from small per-server pools. Give back an endpoint's
  * buffer and pipe (a pipe still holding bytes is closed, not pooled). */
 void relay_release(struct server *srv, struct endpoint *e);
+struct buf *relay_buf_get(struct server *srv);
+void relay_buf_put(struct server *srv, struct buf *b);
 void relay_pool_free(struct server *srv);
 
 #endif

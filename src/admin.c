@@ -231,6 +231,8 @@ static json_t *tunnel_json(const struct tunnel *t, ev_tstamp now, unsigned worke
     json_object_set_new(o, "rule", jstr(t->rule));
     json_object_set_new(o, "parent", t->parent ? json_string(t->parent->name) : json_null());
     json_object_set_new(o, "tls", t->tls_version ? json_string(t->tls_version) : json_null());
+    /* an HTTP/2 stream: the number of its client connection (h2=N in the access log) */
+    json_object_set_new(o, "h2", t->h2_conn ? json_integer((json_int_t)t->h2_conn) : json_null());
     if (t->balancer.sa.sa_family != 0) {
         char lb[ADDR_TEXT_MAX];
         addr_format(&t->balancer.sa, true, lb, sizeof lb);

@@ -83,6 +83,9 @@ enum key_id {
     K_TLS_ALPN,
     K_TLS_OCSP_STAPLE,
     K_TLS_SESSION_TICKETS,
+    K_H2_MAX_STREAMS,
+    K_H2_STREAM_WINDOW,
+    K_H2_CONNECTION_WINDOW,
     K_COUNT
 };
 
@@ -129,10 +132,13 @@ static const struct key_def {
     [K_TLS_ALPN] = {"tls", "alpn"},
     [K_TLS_OCSP_STAPLE] = {"tls", "ocsp_staple"},
     [K_TLS_SESSION_TICKETS] = {"tls", "session_tickets"},
+    [K_H2_MAX_STREAMS] = {"http2", "max_concurrent_streams"},
+    [K_H2_STREAM_WINDOW] = {"http2", "stream_window"},
+    [K_H2_CONNECTION_WINDOW] = {"http2", "connection_window"},
 };
 
 static const char *const sections[] = {"server", "access", "dns",   "timeouts", "limits",
-                                       "log",    "auth",   "admin", "tls"};
+                                       "log",    "auth",   "admin", "tls",      "http2"};
 
 struct ctx {
     struct config *c;
@@ -521,8 +527,7 @@ static int set_path(char **dst, const char *v, char *why, size_t whylen) {
     return 0;
 }
 
-/* [tls] alpn: a list of protocol names, in our order of preference, into ALPN wire format.
- * This version speaks HTTP/1.1 only; "h2" is named so the error says why. */
+/* [tls] alpn: a list of protocol names, in our order of preference, into ALPN wire format. */
 static int set_alpn(struct tls_config *t, const char *v, char *why, size_t whylen) {
     char item[ITEM_MAX];
     size_t n = 0;
@@ -535,12 +540,8 @@ static int set_alpn(struct tls_config *t, const char *v, char *why, size_t whyle
         }
         if (item[0] == '\0')
             continue;
-        if (strcmp(item, "h2") == 0) {
-            text_seterr(why, whylen, "h2 (HTTP/2) is not supported by this version");
-            return -1;
-        }
-        if (strcmp(item, "http/1.1") != 0) {
-            text_seterr(why, whylen, "unknown protocol '%s' (known: http/1.1)", item);
+        if (strcmp(item, "http/1.1") != 0 && strcmp(item, "h2") != 0) {
+            text_seterr(why, whylen, "unknown protocol '%s' (known: h2, http/1.1)", item);
             return -1;
         }
         size_t len = strlen(item);
@@ -709,6 +710,21 @@ static int apply(struct config *c, enum key_id id, const char *v, char *why, siz
         if (set_uint(v, 1024, 65536, &u, why, whylen) != 0)
             return -1;
         c->max_request_bytes = (size_t)u;
+        return 0;
+    case K_H2_MAX_STREAMS:
+        if (set_uint(v, 1, 10000, &u, why, whylen) != 0)
+            return -1;
+        c->h2.max_streams = (unsigned)u;
+        return 0;
+    case K_H2_STREAM_WINDOW: /* below 16 KiB a stream crawls; above 2^31-1 is not HTTP/2 */
+        if (set_uint(v, 16384, 2147483647, &u, why, whylen) != 0)
+            return -1;
+        c->h2.stream_window = (unsigned)u;
+        return 0;
+    case K_H2_CONNECTION_WINDOW:
+        if (set_uint(v, 65535, 2147483647, &u, why, whylen) != 0)
+            return -1;
+        c->h2.connection_window = (unsigned)u;
         return 0;
     case K_LOG_LEVEL: {
         static const char *const names[] = {[LOG_LEVEL_ERROR] = "error",
@@ -922,7 +938,7 @@ static int check_line(struct ctx *x, const char *p, size_t n) {
         } else if (!known_section(p + 1, sl)) {
             fail(x,
                  "%s:%d: [%.*s]: unknown section (known: [server] [access] [dns] [timeouts] "
-                 "[limits] [log] [auth] [admin] [tls] [parent NAME])",
+                 "[limits] [log] [auth] [admin] [tls] [http2] [parent NAME])",
                  x->name, x->lineno, (int)sl, p + 1);
             return -1;
         }
@@ -1099,6 +1115,9 @@ static int set_defaults(struct config *c) {
     c->tls.alpn_len = 9;
     memcpy(c->tls.alpn, "\x08http/1.1", 9);
     c->tls.session_tickets = true;
+    c->h2.max_streams = 100;
+    c->h2.stream_window = 256 * 1024;
+    c->h2.connection_window = 4 * 1024 * 1024;
     return bad ? -1 : 0;
 }
 

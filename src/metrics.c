@@ -239,6 +239,15 @@ void metrics_render(const struct stats_shm *s, bool draining, struct obuf *o) {
     labelled(o, "connectd_tls_handshakes_total", "result", "full", c->c[C_TLS_FULL]);
     labelled(o, "connectd_tls_handshakes_total", "result", "resumed", c->c[C_TLS_RESUMED]);
     labelled(o, "connectd_tls_handshakes_total", "result", "failed", c->c[C_TLS_FAILED]);
+    counter(o, "connectd_http2_connections_total",
+            "Client connections that chose HTTP/2 (ALPN h2) on a tls listener.",
+            c->c[C_H2_CONNECTIONS]);
+    counter(o, "connectd_http2_streams_total",
+            "Streams opened on them: each carries one request (a CONNECT is one tunnel).",
+            c->c[C_H2_STREAMS]);
+    counter(o, "connectd_http2_floods_total",
+            "HTTP/2 connections sent GOAWAY (ENHANCE_YOUR_CALM) for flooding control frames.",
+            c->c[C_H2_FLOODS]);
     gauge(o, "connectd_pipes_pooled", "Empty splice pipes kept for reuse.",
           (double)v.g.pipes_pooled);
     gauge(o, "connectd_buffers_pooled", "Free 64 KiB relay buffers kept for reuse.",

@@ -37,7 +37,7 @@
 
 /* ---- pools ---- */
 
-static struct buf *relay_buf_get(struct server *srv) {
+struct buf *relay_buf_get(struct server *srv) {
     struct buf *b = srv->pool;
     if (b) {
         memcpy(&srv->pool, b->data, sizeof srv->pool);
@@ -51,7 +51,7 @@ static struct buf *relay_buf_get(struct server *srv) {
     return b;
 }
 
-static void relay_buf_put(struct server *srv, struct buf *b) {
+void relay_buf_put(struct server *srv, struct buf *b) {
     if (srv->npool >= POOL_MAX) {
         free(b);
         return;
@@ -227,10 +227,10 @@ static int flush(struct tunnel *t, struct endpoint *src) {
         return -1;
     if (left > 0) {
         t->last_active = ev_now(loop);
-        ev_io_start(loop, &dst->ww);
+        tp_watch_write(loop, dst);
         tunnel_watch_stall(t);
         if (src->in && (size_t)left == BUF_CAP)
-            ev_io_stop(loop, &src->rw); /* full: a read would have no room */
+            tp_unwatch_read(loop, src); /* full: a read would have no room */
         else if (!src->eof && (size_t)left <= cap / 2 && (size_t)left <= RESUME_AT)
             tp_read_on(loop, src);
         return 0;
@@ -240,7 +240,7 @@ static int flush(struct tunnel *t, struct endpoint *src) {
          * writability before calling the direction drained (and before passing an end on). */
         relay_release(t->srv, src);
         t->last_active = ev_now(loop);
-        ev_io_start(loop, &dst->ww);
+        tp_watch_write(loop, dst);
         tunnel_watch_stall(t);
         if (!src->eof)
             tp_read_on(loop, src);
@@ -248,7 +248,7 @@ static int flush(struct tunnel *t, struct endpoint *src) {
     }
     /* Drained: give the buffer or pipe back, so an idle direction holds nothing. */
     relay_release(t->srv, src);
-    ev_io_stop(loop, &dst->ww);
+    tp_unwatch_write(loop, dst);
     if (src->eof)
         return forward_eof(t, dst);
     tp_read_on(loop, src);
@@ -268,7 +268,7 @@ static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *s
     if (buf_room(b) == 0)
         buf_compact(b);
     if (buf_room(b) == 0) { /* full: wait for the writer (a zero-length read would mean EOF) */
-        ev_io_stop(loop, &src->rw);
+        tp_unwatch_read(loop, src);
         return;
     }
     ssize_t n = tp_recv(loop, src, buf_tail(b), buf_room(b));
@@ -277,10 +277,10 @@ static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *s
         t->last_active = ev_now(loop);
         if (n >= BULK_THRESHOLD && t->gen->cfg.relay == RELAY_AUTO && !src->copy_only)
             src->bulk = true; /* later reads, once this buffer drains, use splice */
-        if (ev_is_active(&src->peer->ww)) {
+        if (tp_watching_write(src->peer)) {
             /* The peer is not writable yet: keep filling, stop when full. */
             if (buf_len(b) == BUF_CAP)
-                ev_io_stop(loop, &src->rw);
+                tp_unwatch_read(loop, src);
             return;
         }
         flush(t, src);
@@ -288,7 +288,7 @@ static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *s
     }
     if (n == 0) {
         src->eof = true;
-        ev_io_stop(loop, &src->rw);
+        tp_unwatch_read(loop, src);
         flush(t, src);
         return;
     }
@@ -318,7 +318,7 @@ static void read_splice(struct ev_loop *loop, struct tunnel *t, struct endpoint 
             break;
         src->piped += (size_t)n;
         t->last_active = ev_now(loop);
-        if (ev_is_active(&src->peer->ww))
+        if (tp_watching_write(src->peer))
             return; /* the peer is not writable yet: keep filling until the pipe says full */
         if (flush(t, src) == -1 || src->piped > 0 || round + 1 >= SPLICE_ROUNDS ||
             (size_t)n < SPLICE_MORE)
@@ -326,7 +326,7 @@ static void read_splice(struct ev_loop *loop, struct tunnel *t, struct endpoint 
     }
     if (n == 0) {
         src->eof = true;
-        ev_io_stop(loop, &src->rw);
+        tp_unwatch_read(loop, src);
         flush(t, src);
         return;
     }
@@ -336,7 +336,7 @@ static void read_splice(struct ev_loop *loop, struct tunnel *t, struct endpoint 
         if (src->piped == 0)
             relay_release(t->srv, src);
         else
-            ev_io_stop(loop, &src->rw);
+            tp_unwatch_read(loop, src);
         return;
     }
     if (errno == EINTR)
@@ -388,14 +388,24 @@ static int seed(struct server *srv, struct endpoint *e, const char *p, size_t n)
 int relay_start(struct tunnel *t, const char *reply, size_t replylen, const char *early,
                 size_t earlylen) {
     struct ev_loop *loop = t->srv->loop;
+    if (t->client.h2) {
+        /* An HTTP/2 stream says 200 in a HEADERS frame; what followed it (a parent's early
+         * bytes from the destination) is tunnel data. */
+        if (h2_stream_ok(t->client.h2) == -1)
+            return -1;
+        reply += HTTP_CONNECT_OK_LEN;
+        replylen -= HTTP_CONNECT_OK_LEN;
+        t->client.sent = HTTP_CONNECT_OK_LEN;
+        tunnel_delivered(t);
+    }
     /* The 200 travels like bytes from upstream; early data like bytes from the client. */
     if (seed(t->srv, &t->upstream, reply, replylen) == -1 ||
         seed(t->srv, &t->client, early, earlylen) == -1)
         return -1;
     /* splice(2) moves bytes between plain sockets only: what a TLS client sends comes out of
      * SSL_read, and what it receives goes into SSL_write unless the kernel encrypts (kTLS). */
-    t->client.copy_only = t->client.tls != NULL;
-    t->upstream.copy_only = t->client.tls != NULL && !t->client.ktls_tx;
+    t->client.copy_only = t->client.tls != NULL || t->client.h2 != NULL;
+    t->upstream.copy_only = t->client.copy_only && !t->client.ktls_tx;
     bool bulk = t->gen->cfg.relay == RELAY_SPLICE;
     t->client.bulk = bulk && !t->client.copy_only;
     t->upstream.bulk = bulk && !t->upstream.copy_only;

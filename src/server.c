@@ -17,6 +17,7 @@
 #include "clients.h"
 #include "container.h"
 #include "dns.h"
+#include "h2.h"
 #include "listener.h"
 #include "log.h"
 #include "loopguard.h"
@@ -28,8 +29,13 @@ static void reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
     (void)revents;
     struct server *srv = container_of(w, struct server, reaper);
     tunnel_reap(srv);
-    if (srv->draining && !srv->live)
-        ev_break(loop, EVBREAK_ALL);
+    h2_reap(srv);
+    server_maybe_done(srv);
+}
+
+void server_maybe_done(struct server *srv) {
+    if (srv->draining && !srv->live && !srv->h2conns)
+        ev_break(srv->loop, EVBREAK_ALL);
 }
 
 static void drain_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -41,6 +47,7 @@ static void drain_timeout_cb(struct ev_loop *loop, ev_timer *w, int revents) {
         tunnel_close(t, "shutdown");
         n++;
     }
+    h2_close_all(srv);
     log_info("shutdown timeout: closed %u tunnels", n);
     if (!srv->live)
         ev_break(loop, EVBREAK_ALL);
@@ -56,9 +63,10 @@ void server_drain(struct server *srv) {
         sd_notify(0, "STOPPING=1");
     listeners_close_proxy(srv); /* the admin listener stays: /healthz says 503 until the end */
     tunnel_refuse_handshakes(srv);
+    h2_drain(srv); /* GOAWAY: no new streams; open ones finish */
     log_info("shutting down: %u tunnels open, waiting up to %.0fs", srv->active,
              srv->gen->cfg.timeout_shutdown);
-    if (!srv->live) {
+    if (!srv->live && !srv->h2conns) {
         ev_break(srv->loop, EVBREAK_ALL);
         return;
     }
@@ -74,7 +82,8 @@ static void server_retire(struct server *srv) {
     srv->draining = true;
     listeners_close(srv, true);
     log_info("retiring: no longer accepting; %u tunnels open will finish", srv->active);
-    if (!srv->live)
+    h2_drain(srv);
+    if (!srv->live && !srv->h2conns)
         ev_break(srv->loop, EVBREAK_ALL);
 }
 
@@ -171,7 +180,9 @@ static unsigned fit_fd_limit(unsigned want) {
 static void server_free(struct server *srv) {
     admin_close_all(srv);
     listeners_close(srv, false);
+    h2_close_all(srv); /* none left after a drain; this is for a loop that ended otherwise */
     tunnel_reap(srv);
+    h2_reap(srv);
     relay_pool_free(srv);
     clients_free(srv->clients);
     loopguard_free(srv->loopguard);

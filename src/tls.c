@@ -57,6 +57,7 @@ struct tls_conn {
     unsigned char *out;
     size_t outlen, outoff;
     bool own_out; /* writes go to the out BIO (else to a socket BIO: kTLS possible) */
+    bool no_h2;   /* already refused: the answer goes as HTTP/1.1, so do not pick h2 */
     int deferred_ret, deferred_errno;
     char err[120];
 };
@@ -348,11 +349,16 @@ static int status_cb(SSL *s, void *arg) {
 /* Our order of preference; no protocol in common is fatal (RFC 7301 section 3.2). */
 static int alpn_cb(SSL *s, const unsigned char **out, unsigned char *outlen,
                    const unsigned char *in, unsigned int inlen, void *arg) {
-    (void)s;
     const struct tls_ctx *c = arg;
+    const struct tls_conn *conn = SSL_get_app_data(s);
+    const unsigned char *ours = c->alpn;
+    unsigned ourlen = (unsigned)c->alpn_len;
     unsigned char *sel = NULL;
-    if (SSL_select_next_proto(&sel, outlen, c->alpn, (unsigned)c->alpn_len, in, inlen) !=
-        OPENSSL_NPN_NEGOTIATED)
+    if (conn && conn->no_h2) {
+        ours = (const unsigned char *)"\x08http/1.1";
+        ourlen = 9;
+    }
+    if (SSL_select_next_proto(&sel, outlen, ours, ourlen, in, inlen) != OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     *out = sel;
     return SSL_TLSEXT_ERR_OK;
@@ -515,7 +521,7 @@ bool tls_ktls_available(char *why, size_t whylen) {
 /* ---- the out BIO: records gathered for one send(2) ---- */
 
 #define OUT_CAP      (BUF_CAP + 4 * 256) /* the records of a full relay buffer, overhead and all */
-#define OUT_POOL_MAX 64          /* empty out buffers kept for reuse (per process) */
+#define OUT_POOL_MAX 64                  /* empty out buffers kept for reuse (per process) */
 
 /* A bulk download empties and refills its out buffer on every round: reuse buffers rather
  * than asking malloc for 64 KiB each time. Idle sessions still hold none. */
@@ -632,6 +638,7 @@ struct tls_conn *tls_conn_new(struct tls_ctx *c, int fd, const void *pre, size_t
         s->pre = r;
     }
     SSL_set_bio(s->ssl, r, w);
+    SSL_set_app_data(s->ssl, s);
     SSL_set_accept_state(s->ssl);
     return s;
 fail:
@@ -856,6 +863,17 @@ const char *tls_conn_error(const struct tls_conn *s) {
 
 const char *tls_conn_version(const struct tls_conn *s) {
     return SSL_get_version(s->ssl);
+}
+
+bool tls_conn_h2(const struct tls_conn *s) {
+    const unsigned char *p = NULL;
+    unsigned n = 0;
+    SSL_get0_alpn_selected(s->ssl, &p, &n);
+    return n == 2 && memcmp(p, "h2", 2) == 0;
+}
+
+void tls_conn_no_h2(struct tls_conn *s) {
+    s->no_h2 = true;
 }
 
 bool tls_conn_resumed(const struct tls_conn *s) {

@@ -1,4 +1,4 @@
-/* transport: the TLS side of transport.h (the plain side is inline there). */
+/* transport: the TLS and HTTP/2 sides of transport.h (the plain side is inline there). */
 #include "transport.h"
 
 #include <errno.h>
@@ -59,6 +59,10 @@ int tp_tls_flush(struct endpoint *e) {
 }
 
 int tp_shutdown_write(struct endpoint *e, bool skip_fin) {
+    if (e->h2) {
+        h2_stream_shutdown_write(e->h2); /* END_STREAM after what the stream holds */
+        return 0;
+    }
     if (e->tls)
         tls_conn_close_notify(e->tls);
     /* A FIN now would cut records still waiting for the socket (it was full): the close
@@ -70,7 +74,11 @@ int tp_shutdown_write(struct endpoint *e, bool skip_fin) {
     return 0;
 }
 
-void tp_free(struct endpoint *e) {
+void tp_free(struct endpoint *e, bool destination_failed) {
+    if (e->h2) {
+        h2_stream_detach(e->h2, destination_failed);
+        e->h2 = NULL;
+    }
     tls_conn_free(e->tls);
     e->tls = NULL;
 }

@@ -25,6 +25,7 @@
 #include "clients.h"
 #include "container.h"
 #include "dns.h"
+#include "h2.h"
 #include "http.h"
 #include "log.h"
 #include "net.h"
@@ -131,6 +132,12 @@ static void reply_write_cb(struct ev_loop *loop, ev_io *w, int revents) {
 void send_reply(struct tunnel *t, int status) {
     t->hs->replyoff = 0;
     t->status = status;
+    if (t->client.h2) { /* an HTTP/2 stream: the answer ends the stream, not a connection */
+        if (h2_stream_reply(t->client.h2, t->hs->reply, t->hs->replylen) == -1)
+            t->status = 0;
+        tunnel_close(t, t->hs->reason);
+        return;
+    }
     t->state = TUNNEL_ERROR_REPLY;
     ev_set_cb(&t->client.ww, reply_write_cb);
     arm_timer(t, REPLY_SECONDS);
@@ -184,8 +191,9 @@ static void refuse_with(struct tunnel *t, int status, const char *proxy_error, c
         hs->deferred_status = status;
         if (!t->client.tls) {
             arm_timer(t, t->gen->cfg.timeout_handshake);
-            tls_begin(t, NULL, 0);
+            tls_begin(t, NULL, 0); /* says no to h2: the refusal is written as HTTP/1.1 */
         } else {
+            tls_conn_no_h2(t->client.tls); /* unless the ClientHello was already answered */
             tls_step(t);
         }
         return;
@@ -260,7 +268,7 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
             return;
         }
         t->stall_watch = false;
-        if (ev_is_active(&t->client.ww) || ev_is_active(&t->upstream.ww)) {
+        if (tp_watching_write(&t->client) || ev_is_active(&t->upstream.ww)) {
             if (!relay_sockets_ok(t))
                 return; /* closed */
             t->stall_watch = true;
@@ -302,6 +310,8 @@ static bool relay_sockets_ok(struct tunnel *t) {
     for (int i = 0; i < 2; i++) {
         int err = 0;
         socklen_t len = sizeof err;
+        if (e[i]->fd == -1) /* an HTTP/2 stream: its connection notices a reset itself */
+            continue;
         if (getsockopt(e[i]->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0)
             continue;
         log_debug("tunnel %s: %s side: %s while stalled", t->target ? t->target : "-",
@@ -359,6 +369,28 @@ static bool client_ok(struct server *srv, const struct sockaddr *peer, struct cl
 
 /* ---- TLS (a "tls" listener): the handshake before the request ---- */
 
+static void tunnel_forget(struct tunnel *t);
+
+/* ALPN chose h2: the connection becomes an HTTP/2 connection (h2.c), which keeps this
+ * tunnel's place in max_connections. The tunnel only carried the handshake: it goes without an
+ * access-log line (each stream gets its own). A refusal decided during the handshake (the
+ * drain) reaches the client as a GOAWAY: h2.c sees the server draining. */
+static void handoff_h2(struct tunnel *t) {
+    struct endpoint *c = &t->client;
+    int fd = c->fd;
+    struct tls_conn *tls = c->tls;
+    bool counted = t->counted;
+    ev_io_stop(t->srv->loop, &c->rw);
+    ev_io_stop(t->srv->loop, &c->ww);
+    c->fd = -1;
+    c->tls = NULL;
+    t->counted = false;
+    tunnel_forget(t);
+    if (!counted)
+        t->srv->refusing--, t->srv->active++; /* refused at accept: h2.c refuses it by GOAWAY */
+    h2_conn_start(t->srv, fd, tls, &t->peer, &t->balancer, t->tls_version, true);
+}
+
 static void tls_step(struct tunnel *t) {
     struct ev_loop *loop = t->srv->loop;
     struct endpoint *c = &t->client;
@@ -385,10 +417,15 @@ static void tls_step(struct tunnel *t) {
     c->ktls_tx = tls_conn_ktls_send(c->tls);
     t->tls_ready = true;
     t->tls_version = tls_conn_version(c->tls);
-    if (t->hs->deferred_status) { /* refused before the handshake: now it can be said */
+    if (t->hs->deferred_status && !tls_conn_h2(c->tls)) {
+        /* refused before the handshake: now it can be said */
         ev_io_stop(loop, &c->rw);
         ev_io_stop(loop, &c->ww);
         send_reply(t, t->hs->deferred_status);
+        return;
+    }
+    if (tls_conn_h2(c->tls)) {
+        handoff_h2(t);
         return;
     }
     t->state = TUNNEL_READ_REQUEST;
@@ -434,6 +471,8 @@ static void tls_begin(struct tunnel *t, const char *pre, size_t prelen) {
         tunnel_close(t, "out_of_memory");
         return;
     }
+    if (t->hs->deferred_status)
+        tls_conn_no_h2(t->client.tls);
     t->state = TUNNEL_TLS_HANDSHAKE;
     t->hs->reqlen = 0;
     ev_set_cb(&t->client.rw, tls_read_cb);
@@ -607,6 +646,105 @@ void tunnel_accept(struct server *srv, int fd, const struct sockaddr *peer, bool
     client_request_cb(srv->loop, &t->client.rw, EV_READ);
 }
 
+void tunnel_open_stream(struct server *srv, struct h2stream *s, const union sockaddr_any *peer,
+                        const union sockaddr_any *balancer, const char *tls_version,
+                        unsigned long conn, const char *req, size_t reqlen, bool extended) {
+    const struct config *cfg = &srv->gen->cfg;
+    struct client_entry *ce = NULL;
+    struct refusal r;
+    bool ok = capacity_ok(srv, &r) && client_ok(srv, &peer->sa, &ce, &r);
+    size_t room = reqlen > cfg->max_request_bytes + 1 ? cfg->max_request_bytes + 1 : reqlen;
+    struct tunnel *t = calloc(1, sizeof *t);
+    struct handshake *hs = malloc(sizeof *hs + REQ_INITIAL);
+    char *big = room > REQ_INITIAL ? malloc(room) : NULL;
+    if (hs)
+        memset(hs, 0, sizeof *hs);
+    if (!t || !hs || (room > REQ_INITIAL && !big)) {
+        log_error("out of memory for an HTTP/2 stream");
+        free(t);
+        free(hs);
+        free(big);
+        if (ce)
+            clients_release(srv->clients, ce, ev_now(srv->loop));
+        h2_stream_detach(s, false); /* reset: the client may try again */
+        return;
+    }
+    t->srv = srv;
+    t->gen = srv->gen;
+    gen_ref(t->gen);
+    t->hs = hs;
+    t->ce = ce;
+    hs->req = big ? big : hs->inline_req;
+    hs->reqalloc = big ? room : REQ_INITIAL;
+    hs->reqmax = cfg->max_request_bytes + 1;
+    hs->via = VIA_DIRECT;
+    memcpy(hs->req, req, room);
+    hs->reqlen = room;
+    struct http_limits lim = {.max_total = cfg->max_request_bytes};
+    http_parser_init(&hs->parser, &lim);
+    endpoint_init(t, &t->client, &t->upstream);
+    endpoint_init(t, &t->upstream, &t->client);
+    t->client.h2 = s;
+    h2_stream_attach(s, &t->client);
+    t->peer = *peer;
+    t->balancer = *balancer;
+    t->tls = t->tls_ready = true;
+    t->tls_version = tls_version;
+    t->h2_conn = conn;
+    t->started = t->last_active = ev_now(srv->loop);
+    /* No socket: the watchers are only ever fed (transport.h), never started. */
+    ev_init(&t->client.rw, NULL);
+    ev_init(&t->client.ww, NULL);
+    ev_init(&t->upstream.rw, NULL);
+    ev_init(&t->upstream.ww, NULL);
+    ev_init(&t->timer, timer_cb);
+    t->next = srv->live;
+    if (srv->live)
+        srv->live->prev = t;
+    srv->live = t;
+    t->state = TUNNEL_READ_REQUEST;
+    if (!ok) {
+        srv->refusing++;
+        stats_set(&stats_me->g.connections_open, srv->active + srv->refusing);
+        set_raw_target(t);
+        refuse(t, r.status, r.proxy_error, NULL, r.details, r.reason);
+        return;
+    }
+    t->counted = true;
+    srv->active++;
+    stats_set(&stats_me->g.connections_open, srv->active + srv->refusing);
+    arm_timer(t, cfg->timeout_handshake);
+    if (extended) {
+        set_raw_target(t);
+        refuse(t, 501, "http_request_denied", NULL, "extended CONNECT (:protocol) is not supported",
+               "extended_connect");
+        return;
+    }
+    request_progress(t);
+}
+
+/* Unlink a tunnel that leaves without a close: its client became something else (h2.c). */
+static void tunnel_forget(struct tunnel *t) {
+    struct server *srv = t->srv;
+    ev_timer_stop(srv->loop, &t->timer);
+    t->state = TUNNEL_CLOSED;
+    if (t->ce)
+        clients_release(srv->clients, t->ce, ev_now(srv->loop));
+    t->ce = NULL;
+    if (srv->cursors)
+        admin_tunnel_gone(srv, t);
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        srv->live = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    t->next = srv->dead;
+    srv->dead = t;
+    if (!ev_is_active(&srv->reaper))
+        ev_prepare_start(srv->loop, &srv->reaper);
+}
+
 static void access_line(struct tunnel *t, const char *reason) {
     char client[ADDR_TEXT_MAX], up[ADDR_TEXT_MAX] = "-", target[1024] = "-";
     addr_format(&t->peer.sa, true, client, sizeof client);
@@ -627,14 +765,16 @@ static void access_line(struct tunnel *t, const char *reason) {
         log_escape(user, sizeof user, t->user, strlen(t->user));
     if (t->rule)
         log_escape(rule, sizeof rule, t->rule, strlen(t->rule));
-    char line[1900], lb[ADDR_TEXT_MAX + 10] = "", parent[48] = "", tls[24] = "";
+    char line[1900], lb[ADDR_TEXT_MAX + 10] = "", parent[48] = "", tls[48] = "";
     if (t->balancer.sa.sa_family != 0) {
         memcpy(lb, " balancer=", 10);
         addr_format(&t->balancer.sa, true, lb + 10, sizeof lb - 10);
     }
     if (t->parent)
         snprintf(parent, sizeof parent, " parent=%s", t->parent->name);
-    if (t->tls_version)
+    if (t->tls_version && t->h2_conn)
+        snprintf(tls, sizeof tls, " h2=%lu tls=%s", t->h2_conn, t->tls_version);
+    else if (t->tls_version)
         snprintf(tls, sizeof tls, " tls=%s", t->tls_version);
     int n = snprintf(line, sizeof line,
                      "client=%s user=%s target=%s upstream=%s status=%d up=%llu down=%llu "
@@ -646,7 +786,7 @@ static void access_line(struct tunnel *t, const char *reason) {
         log_access(line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1);
 }
 
-static void endpoint_close(struct server *srv, struct endpoint *e) {
+static void endpoint_close(struct server *srv, struct endpoint *e, const char *reason) {
     /* Bytes still waiting for a peer that stopped reading can never be delivered now: reset
      * instead of a FIN behind them, or the kernel would hold them for minutes while it probes
      * the peer's zero window. */
@@ -657,7 +797,7 @@ static void endpoint_close(struct server *srv, struct endpoint *e) {
     }
     ev_io_stop(srv->loop, &e->rw);
     ev_io_stop(srv->loop, &e->ww);
-    tp_free(e);
+    tp_free(e, strncmp(reason, "upstream", 8) == 0);
     if (e->fd != -1) {
         close(e->fd);
         e->fd = -1;
@@ -680,8 +820,15 @@ void tunnel_close(struct tunnel *t, const char *reason) {
         auth_service_cancel(t->gen->auth, t->hs->authw);
         t->hs->authw = NULL;
     }
-    endpoint_close(srv, &t->client);
-    endpoint_close(srv, &t->upstream);
+    if (t->client.h2 && t->upstream.fd != -1 &&
+        (strncmp(reason, "client_", 7) == 0 || strncmp(reason, "h2_", 3) == 0)) {
+        /* RFC 9113 section 8.5: the stream (or its connection) failed, so the destination's
+         * TCP connection is reset, not closed as if the client had finished. */
+        struct linger lg = {1, 0};
+        (void)setsockopt(t->upstream.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    endpoint_close(srv, &t->client, reason);
+    endpoint_close(srv, &t->upstream, reason);
     if (log_access_enabled())
         access_line(t, reason);
     if (t->ce)

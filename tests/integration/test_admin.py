@@ -511,9 +511,10 @@ def test_tunnels_json(start_proxy, tcp_server):
     assert got == {k: (n, n) for k, n in want.items()}, doc
     for t in doc["tunnels"]:
         assert set(t) == {"client", "user", "target", "upstream", "state", "age_seconds",
-                          "bytes_up", "bytes_down", "rule", "worker", "parent", "tls"}, t
+                          "bytes_up", "bytes_down", "rule", "worker", "parent", "tls", "h2"}, t
         assert t["parent"] is None, t
         assert t["tls"] is None, t  # a plain listener
+        assert t["h2"] is None, t  # not an HTTP/2 stream
         assert t["target"] == srv.target(), t
         assert t["upstream"] == f"127.0.0.1:{srv.port}", t
         assert t["state"] == "relay", t

@@ -948,7 +948,7 @@ def test_check_rejects_bad_tls_files(cli, certs, leafs, tmp_path, case):
     ("no_tls_section", None),
     ("no_key", {"certificate": "CERT"}),
     ("no_certificate", {"key": "KEY"}),
-    ("alpn_h2", {"certificate": "CERT", "key": "KEY", "alpn": "h2"}),
+    ("alpn_h2c", {"certificate": "CERT", "key": "KEY", "alpn": "h2c"}),
     ("min_version_1_1", {"certificate": "CERT", "key": "KEY", "min_version": "1.1"}),
     ("min_version_garbage", {"certificate": "CERT", "key": "KEY", "min_version": "tls13"}),
     ("session_tickets_garbage", {"certificate": "CERT", "key": "KEY", "session_tickets": "maybe"}),

@@ -859,6 +859,49 @@ static void test_tls_keys(void **state) {
     tls_files_remove(dir);
 }
 
+/* [http2] and ALPN h2: the defaults a browser never hits, values, and exact messages. */
+static void test_http2(void **state) {
+    (void)state;
+    struct config c;
+    load_ok("", "t.ini", &c);
+    assert_int_equal(c.h2.max_streams, 100);
+    assert_int_equal(c.h2.stream_window, 262144);
+    assert_int_equal(c.h2.connection_window, 4194304);
+    config_free(&c);
+
+    load_ok("[tls]\nalpn = h2, http/1.1\n[http2]\nmax_concurrent_streams = 4\n"
+            "stream_window = 16384\nconnection_window = 2147483647\n",
+            "t.ini", &c);
+    assert_int_equal(c.tls.alpn_len, 12);
+    assert_memory_equal(c.tls.alpn, "\x02h2\x08http/1.1", 12);
+    assert_int_equal(c.h2.max_streams, 4);
+    assert_int_equal(c.h2.stream_window, 16384);
+    assert_int_equal(c.h2.connection_window, 2147483647u);
+    config_free(&c);
+
+    load_ok("[tls]\nalpn = http/1.1, h2\n", "t.ini", &c); /* our order of preference */
+    assert_memory_equal(c.tls.alpn, "\x08http/1.1\x02h2", 12);
+    config_free(&c);
+
+    static const struct {
+        const char *text, *want;
+    } cases[] = {
+        {"[http2]\nmax_concurrent_streams = 0\n",
+         "t.ini:2: [http2] max_concurrent_streams: must be a whole number from 1 to 10000 (got "
+         "'0')"},
+        {"[http2]\nstream_window = 16383\n",
+         "t.ini:2: [http2] stream_window: must be a whole number from 16384 to 2147483647 (got "
+         "'16383')"},
+        {"[http2]\nconnection_window = 2147483648\n",
+         "t.ini:2: [http2] connection_window: must be a whole number from 65535 to 2147483647 "
+         "(got '2147483648')"},
+        {"[http2]\nwindow = 1\n", "t.ini:2: [http2] window: unknown key (known: "
+                                  "max_concurrent_streams, stream_window, connection_window)"},
+    };
+    for (size_t i = 0; i < N(cases); i++)
+        EXPECT_EXACT(cases[i].text, cases[i].want);
+}
+
 /* Every [tls] message that needs no file, with its exact text. */
 static void test_tls_errors(void **state) {
     static const struct {
@@ -873,16 +916,14 @@ static void test_tls_errors(void **state) {
                                            "(older versions are not offered) (got 'TLSv1.3')"},
         {"[tls]\nmin_version =\n", "t.ini:2: [tls] min_version: must be 1.2 or 1.3 (older "
                                    "versions are not offered) (got '')"},
-        {"[tls]\nalpn = h2\n",
-         "t.ini:2: [tls] alpn: h2 (HTTP/2) is not supported by this version (got 'h2')"},
-        {"[tls]\nalpn = http/1.1, h2\n",
-         "t.ini:2: [tls] alpn: h2 (HTTP/2) is not supported by this version (got 'http/1.1, "
-         "h2')"},
+        {"[tls]\nalpn = h2, h2\n", "t.ini:2: [tls] alpn: 'h2' is listed twice (got 'h2, h2')"},
+        {"[tls]\nalpn = h2c\n",
+         "t.ini:2: [tls] alpn: unknown protocol 'h2c' (known: h2, http/1.1) (got 'h2c')"},
         {"[tls]\nalpn = spdy/3.1\n",
-         "t.ini:2: [tls] alpn: unknown protocol 'spdy/3.1' (known: http/1.1) (got 'spdy/3.1')"},
+         "t.ini:2: [tls] alpn: unknown protocol 'spdy/3.1' (known: h2, http/1.1) (got 'spdy/3.1')"},
         /* ALPN protocol IDs are compared byte for byte (RFC 7301). */
         {"[tls]\nalpn = HTTP/1.1\n",
-         "t.ini:2: [tls] alpn: unknown protocol 'HTTP/1.1' (known: http/1.1) (got 'HTTP/1.1')"},
+         "t.ini:2: [tls] alpn: unknown protocol 'HTTP/1.1' (known: h2, http/1.1) (got 'HTTP/1.1')"},
         {"[tls]\nalpn = http/1.1, http/1.1\n",
          "t.ini:2: [tls] alpn: 'http/1.1' is listed twice (got 'http/1.1, http/1.1')"},
         {"[tls]\nalpn =\n",
@@ -1295,9 +1336,9 @@ static void test_parents_errors(void **state) {
          "t.ini:4: [parent a]: already defined on line 1"},
         /* "[parent]" and "[parent ]" name no parent: they are unknown sections. */
         {"[parent]\n", "t.ini:1: [parent]: unknown section (known: [server] [access] [dns] "
-                       "[timeouts] [limits] [log] [auth] [admin] [tls] [parent NAME])"},
+                       "[timeouts] [limits] [log] [auth] [admin] [tls] [http2] [parent NAME])"},
         {"[parent ]\n", "t.ini:1: [parent ]: unknown section (known: [server] [access] [dns] "
-                        "[timeouts] [limits] [log] [auth] [admin] [tls] [parent NAME])"},
+                        "[timeouts] [limits] [log] [auth] [admin] [tls] [http2] [parent NAME])"},
         {"[parent a] x\n", "t.ini:1: [parent a]: unexpected text after ']'"},
         /* Keys. */
         {"[parent a]\nport = 3128\n", "t.ini:2: [parent a] port: unknown key (known: address, "
@@ -1537,7 +1578,7 @@ static void test_file_errors(void **state) {
     assert_int_equal(config_load_file("tests/unit/data/bad_section.ini", &c, err, sizeof err), -1);
     assert_string_equal(err, "tests/unit/data/bad_section.ini:7: [acess]: unknown section "
                              "(known: [server] [access] [dns] [timeouts] [limits] [log] [auth] "
-                             "[admin] [tls] [parent NAME])");
+                             "[admin] [tls] [http2] [parent NAME])");
     assert_true(all_zero(&c, sizeof c));
 
     /* A NUL byte cannot be represented by the string API, so only a file can have it. */
@@ -1590,6 +1631,7 @@ int main(void) {
         cmocka_unit_test(test_listen_options),
         cmocka_unit_test(test_tls_keys),
         cmocka_unit_test(test_tls_errors),
+        cmocka_unit_test(test_http2),
         cmocka_unit_test(test_tls_files),
         cmocka_unit_test(test_tls_keep_key),
         cmocka_unit_test(test_parents),
