@@ -749,7 +749,8 @@ static int data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     if (c->dead)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     if (!s || (s->responded && !s->t)) { /* refused or gone: drop, keep the window open */
-        (void)nghttp2_session_consume(c->ng, id, len);
+        if (nghttp2_session_consume(c->ng, id, len) != 0)
+            (void)nghttp2_session_consume_connection(c->ng, len);
         return 0;
     }
     if (rx_append(s, data, len) == -1)
