@@ -27,6 +27,12 @@
  * ENHANCE_YOUR_CALM. */
 #define CONTROL_PER_S 1000
 #define WU_CREDIT_MAX 100000
+/* Rapid reset (CVE-2023-44487): streams a client may cancel before their tunnel is up, at
+ * once and then per second. Each costs us a request judged and perhaps a dial; a browser
+ * cancels a few when it navigates away. Beyond: GOAWAY ENHANCE_YOUR_CALM, and no stream after
+ * it is acted upon. (nghttp2's own limit, 1000 and 33/s on every reset, stays as well.) */
+#define EARLY_RESETS_BURST 100
+#define EARLY_RESETS_PER_S 10
 
 struct h2conn {
     struct server *srv;
@@ -53,8 +59,12 @@ struct h2conn {
     bool read_wants_write; /* a TLS read must write first and the socket is full */
     ev_tstamp flood_since; /* the current second of the control-frame budget */
     unsigned flood_count;
-    unsigned wu_credit; /* WINDOW_UPDATEs earned by DATA frames we sent */
-    const char *why;    /* the reason for closing, for the streams' tunnels */
+    unsigned wu_credit;  /* WINDOW_UPDATEs earned by DATA frames we sent */
+    double reset_tokens; /* EARLY_RESETS_BURST bucket */
+    ev_tstamp reset_at;
+    bool terminated; /* we ended the session (flood, rapid reset): read and act on nothing */
+    bool partial;    /* the stage ends inside a frame of nghttp2's (send_cb took part of it) */
+    const char *why; /* the reason for closing, for the streams' tunnels */
     struct h2conn *prev, *next;
 };
 
@@ -131,6 +141,7 @@ static ssize_t send_cb(nghttp2_session *ng, const uint8_t *data, size_t len, int
     size_t n = len < room ? len : room;
     memcpy(c->stage + c->stagelen, data, n);
     c->stagelen += n;
+    c->partial = n < len; /* nghttp2 hands over one frame at a time */
     return (ssize_t)n;
 }
 
@@ -673,8 +684,9 @@ static bool control_frame(struct h2conn *c, const nghttp2_frame *frame) {
         return !ack;
     case NGHTTP2_PRIORITY:
         return true;
-    case NGHTTP2_DATA:
-        return frame->hd.length == 0 && !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM);
+    case NGHTTP2_DATA: /* no payload (padding aside) and no end: nothing but cost */
+        return frame->hd.length <= frame->data.padlen &&
+               !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM);
     case NGHTTP2_HEADERS:
         return frame->headers.cat == NGHTTP2_HCAT_HEADERS; /* trailers */
     case NGHTTP2_WINDOW_UPDATE:
@@ -686,6 +698,32 @@ static bool control_frame(struct h2conn *c, const nghttp2_frame *frame) {
     default:
         return false;
     }
+}
+
+/* End the session for abuse: GOAWAY ENHANCE_YOUR_CALM; from here on nothing the client sends
+ * is read or acted upon. */
+static void terminate(struct h2conn *c, const char *what) {
+    if (c->terminated)
+        return;
+    char from[ADDR_TEXT_MAX];
+    addr_format(&c->peer.sa, true, from, sizeof from);
+    log_warn("h2: %s %s; GOAWAY", from, what);
+    STATS_INC(c[C_H2_FLOODS]);
+    c->terminated = c->goaway = true;
+    (void)nghttp2_session_terminate_session(c->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+/* A client cancelled a stream before its tunnel was up: one token of the rapid-reset bucket. */
+static void early_reset(struct h2conn *c) {
+    ev_tstamp now = ev_now(c->srv->loop);
+    c->reset_tokens += (now - c->reset_at) * EARLY_RESETS_PER_S;
+    if (c->reset_tokens > EARLY_RESETS_BURST)
+        c->reset_tokens = EARLY_RESETS_BURST;
+    c->reset_at = now;
+    if (c->reset_tokens >= 1)
+        c->reset_tokens -= 1;
+    else
+        terminate(c, "cancels streams faster than they can be set up (rapid reset)");
 }
 
 static bool flooding(struct h2conn *c, const nghttp2_frame *frame) {
@@ -701,21 +739,19 @@ static bool flooding(struct h2conn *c, const nghttp2_frame *frame) {
 
 static int frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *frame, void *user) {
     struct h2conn *c = user;
+    if (frame->hd.type == NGHTTP2_RST_STREAM) {
+        struct h2stream *r = stream_of(c, frame->hd.stream_id);
+        if (r && !r->responded)
+            early_reset(c);
+    }
     if (c->dead)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     c->got_frame = true;
-    if (flooding(c, frame)) {
-        if (!c->goaway) {
-            char from[ADDR_TEXT_MAX];
-            addr_format(&c->peer.sa, true, from, sizeof from);
-            log_warn("h2: %s sends more than %d control frames a second; GOAWAY", from,
-                     CONTROL_PER_S);
-            STATS_INC(c[C_H2_FLOODS]);
-        }
-        c->goaway = true;
-        (void)nghttp2_session_terminate_session(ng, NGHTTP2_ENHANCE_YOUR_CALM);
-        return 0;
-    }
+    (void)ng;
+    if (flooding(c, frame))
+        terminate(c, "sends more than 1000 control frames a second");
+    if (c->terminated)
+        return 0; /* after our GOAWAY: nothing is acted upon */
     struct h2stream *s = frame->hd.stream_id ? stream_of(c, frame->hd.stream_id) : NULL;
     if (!s)
         return 0;
@@ -872,10 +908,33 @@ static bool conn_after(struct h2conn *c) {
     return true;
 }
 
+/* nghttp2 gave up on the session (a fatal error: it sends nothing more): say why in a GOAWAY
+ * of our own, written after the frames already handed over, then the caller closes. */
+static void goaway_now(struct h2conn *c, uint32_t code) {
+    if (c->partial || stage_room(c) < 17)
+        return; /* a frame of nghttp2's is cut, or no room: just close */
+    uint32_t last = (uint32_t)nghttp2_session_get_last_proc_stream_id(c->ng);
+    unsigned char *p = c->stage + c->stagelen;
+    static const unsigned char hd[9] = {0, 0, 8, NGHTTP2_GOAWAY, 0, 0, 0, 0, 0};
+    memcpy(p, hd, 9);
+    for (int i = 0; i < 4; i++) {
+        p[9 + i] = (unsigned char)(last >> (24 - 8 * i));
+        p[13 + i] = (unsigned char)(code >> (24 - 8 * i));
+    }
+    c->stagelen += 17;
+    if (stage_push(c) == 0)
+        (void)tls_conn_flush(c->tls);
+}
+
 static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents) {
     (void)revents;
     struct h2conn *c = w->data;
     unsigned char buf[READ_CHUNK];
+    if (c->terminated) { /* GOAWAY for abuse: the rest goes unread; closed once it is sent */
+        ev_io_stop(loop, &c->rw);
+        conn_flush(c);
+        return;
+    }
     for (int round = 0; round < READ_ROUNDS; round++) {
         ssize_t n = tls_conn_read(c->tls, buf, sizeof buf);
         if (n == TLS_WANT_READ)
@@ -898,13 +957,13 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents) {
             return;
         if (r < 0) {
             log_debug("h2 connection %lu: %s", c->id, nghttp2_strerror((int)r));
-            /* nghttp2 queued a GOAWAY for a protocol error: try to send it, then close. */
-            (void)nghttp2_session_send(c->ng);
-            (void)stage_push(c);
-            (void)tls_conn_flush(c->tls);
-            conn_close(c, r == NGHTTP2_ERR_FLOODED ? "h2_flood" : "h2_protocol_error");
+            bool calm = r == NGHTTP2_ERR_FLOODED || r == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
+            goaway_now(c, calm ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
+            conn_close(c, calm ? "h2_flood" : "h2_protocol_error");
             return;
         }
+        if (c->terminated)
+            break; /* the GOAWAY is queued: read nothing more */
         if (round == READ_ROUNDS - 1 && tls_conn_pending(c->tls))
             ev_feed_event(loop, &c->rw, EV_READ);
     }
