@@ -64,6 +64,8 @@ struct h2conn {
     ev_tstamp reset_at;
     bool terminated; /* we ended the session (flood, rapid reset): read and act on nothing */
     bool partial;    /* the stage ends inside a frame of nghttp2's (send_cb took part of it) */
+    bool settings_sent; /* our first SETTINGS went out (with the advertised stream limit) */
+    unsigned open;      /* streams nghttp2 has open (begun, not yet closed) */
     const char *why; /* the reason for closing, for the streams' tunnels */
     struct h2conn *prev, *next;
 };
@@ -128,6 +130,29 @@ static size_t stage_room(struct h2conn *c) {
     return STAGE_CAP - c->stagelen;
 }
 
+/* RFC 9113 section 5.1.2: a stream over the advertised limit is a stream error (we refuse it
+ * with REFUSED_STREAM, the client may retry it). nghttp2 makes it a connection error, which
+ * would cut every tunnel of a browser that overshoots by one. So nghttp2 is told a higher
+ * limit (hard_limit) and our first SETTINGS frame says the configured one: it is patched on
+ * its way out, and frame_recv_cb refuses the streams between the two. */
+static uint32_t hard_limit(unsigned max) {
+    return max > 1000000 ? 2 * max : 2 * max + 16;
+}
+
+static void advertise_limit(struct h2conn *c, unsigned char *f, size_t n) {
+    if (n < 9 || f[3] != NGHTTP2_SETTINGS || (f[4] & NGHTTP2_FLAG_ACK))
+        return;
+    c->settings_sent = true;
+    size_t len = (size_t)f[0] << 16 | (size_t)f[1] << 8 | f[2];
+    uint32_t v = c->gen->cfg.h2.max_streams;
+    for (size_t i = 9; i + 6 <= 9 + len && i + 6 <= n; i += 6) {
+        if ((f[i] << 8 | f[i + 1]) != NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+            continue;
+        for (int k = 0; k < 4; k++)
+            f[i + 2 + k] = (unsigned char)(v >> (24 - 8 * k));
+    }
+}
+
 static ssize_t send_cb(nghttp2_session *ng, const uint8_t *data, size_t len, int flags,
                        void *user) {
     (void)ng;
@@ -140,6 +165,8 @@ static ssize_t send_cb(nghttp2_session *ng, const uint8_t *data, size_t len, int
         return NGHTTP2_ERR_WOULDBLOCK;
     size_t n = len < room ? len : room;
     memcpy(c->stage + c->stagelen, data, n);
+    if (!c->settings_sent && n == len)
+        advertise_limit(c, c->stage + c->stagelen, n);
     c->stagelen += n;
     c->partial = n < len; /* nghttp2 hands over one frame at a time */
     return (ssize_t)n;
@@ -558,6 +585,7 @@ static int begin_headers_cb(nghttp2_session *ng, const nghttp2_frame *frame, voi
         c->streams->prev = s;
     c->streams = s;
     c->nstreams++;
+    c->open++;
     c->headers_since = ev_now(c->srv->loop);
     nghttp2_session_set_stream_user_data(ng, s->id, s);
     STATS_INC(c[C_H2_STREAMS]);
@@ -762,6 +790,11 @@ static int frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *frame, void *
             break; /* trailers: nothing to do for a tunnel */
         c->headers_since = 0;
         s->rx_eof = end;
+        if (c->open > c->gen->cfg.h2.max_streams) { /* see advertise_limit() */
+            s->responded = true; /* nothing to act on; its DATA is dropped */
+            (void)nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_REFUSED_STREAM);
+            return 0;
+        }
         return stream_begin(c, s);
     case NGHTTP2_DATA:
         if (end) {
@@ -813,6 +846,7 @@ static int stream_close_cb(nghttp2_session *ng, int32_t id, uint32_t code, void 
     struct h2stream *s = stream_of(c, id);
     if (!s)
         return 0;
+    c->open--;
     s->closed = true;
     if (s->t) {
         if (code != NGHTTP2_NO_ERROR || !s->rx_eof)
@@ -1037,7 +1071,7 @@ static nghttp2_session *session_new(struct h2conn *c, const struct h2_config *h)
     if (r != 0)
         return NULL;
     nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, h->max_streams},
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, hard_limit(h->max_streams)},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, h->stream_window},
         {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1},
     };

@@ -633,30 +633,30 @@ def test_destination_reset_is_connect_error(h2proxy, certs, tcp_server):
 
 
 def test_max_concurrent_streams(h2proxy, certs, tcp_server):
-    """max_concurrent_streams = 4: SETTINGS says 4 and is enforced. Once the client has
-    acknowledged the SETTINGS, a 5th concurrent stream is a connection error: nghttp2 answers
-    GOAWAY PROTOCOL_ERROR ("max concurrent streams exceeded"; RFC 9113 section 5.1.2 would also
-    allow a stream error, nghttp2 chose the connection) and nothing more is dialed. Below the
-    limit, a stream that ended makes room for a new one."""
+    """max_concurrent_streams = 4: SETTINGS says 4; with 4 tunnels open a 5th stream is
+    refused with RST_STREAM REFUSED_STREAM (a stream error, RFC 9113 section 5.1.2; no GOAWAY),
+    not dialed, the 4 go on; once one has ended both ways, a new stream gets 200."""
     srv = tcp_server(echo_handler)
     p = h2proxy(http2={"max_concurrent_streams": "4"})
     c = h2c(p, certs)
     assert c.remote_settings.get(SettingCodes.MAX_CONCURRENT_STREAMS) == 4, c.remote_settings
     ids = [c.tunnel(srv.target()) for _ in range(4)]
+    fifth = c.connect(srv.target(), ignore_limit=True)
+    st = c.streams[fifth]
+    c.wait(lambda: st.reset is not None or st.headers is not None, 5, "an answer to the 5th")
+    assert st.headers is None and st.reset == ErrorCodes.REFUSED_STREAM, (
+        f"5th stream: {st!r} headers {st.headers}; want RST_STREAM REFUSED_STREAM (0x7)")
+    no_goaway(c)
+    assert srv.accepts == 4, f"the refused stream was dialed ({srv.accepts} accepts)"
     for s in ids:
         c.send(s, b"one of four")
         assert c.read_exact(s, 11) == b"one of four"
     c.end(ids[0])
     assert c.read_to_end(ids[0]) == b""
-    sid = c.tunnel(srv.target())  # room again: 4 open
-    c.send(sid, b"bye")
-    assert c.read_exact(sid, 3) == b"bye"
-    fifth = c.connect(srv.target(), ignore_limit=True)
-    c.wait(lambda: c.goaways, 5, "GOAWAY for the stream over the limit")
-    assert c.goaways[-1][0] == ErrorCodes.PROTOCOL_ERROR, c.goaways
-    assert c.goaways[-1][1] < fifth, c.goaways
-    assert c.streams[fifth].headers is None
-    assert srv.accepts == 5, f"the stream over the limit was dialed ({srv.accepts} accepts)"
+    sid = c.tunnel(srv.target())
+    for s in ids[1:] + [sid]:
+        c.send(s, b"bye", end=True)
+        assert c.read_to_end(s) == b"bye"
 
 
 # ---- access log and metrics ------------------------------------------------------------------
