@@ -62,11 +62,11 @@ struct h2conn {
     unsigned wu_credit;  /* WINDOW_UPDATEs earned by DATA frames we sent */
     double reset_tokens; /* EARLY_RESETS_BURST bucket */
     ev_tstamp reset_at;
-    bool terminated; /* we ended the session (flood, rapid reset): read and act on nothing */
-    bool partial;    /* the stage ends inside a frame of nghttp2's (send_cb took part of it) */
+    bool terminated;    /* we ended the session (flood, rapid reset): read and act on nothing */
+    bool partial;       /* the stage ends inside a frame of nghttp2's (send_cb took part of it) */
     bool settings_sent; /* our first SETTINGS went out (with the advertised stream limit) */
     unsigned open;      /* streams nghttp2 has open (begun, not yet closed) */
-    const char *why; /* the reason for closing, for the streams' tunnels */
+    const char *why;    /* the reason for closing, for the streams' tunnels */
     struct h2conn *prev, *next;
 };
 
@@ -791,7 +791,7 @@ static int frame_recv_cb(nghttp2_session *ng, const nghttp2_frame *frame, void *
         c->headers_since = 0;
         s->rx_eof = end;
         if (c->open > c->gen->cfg.h2.max_streams) { /* see advertise_limit() */
-            s->responded = true; /* nothing to act on; its DATA is dropped */
+            s->responded = true;                    /* nothing to act on; its DATA is dropped */
             (void)nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_REFUSED_STREAM);
             return 0;
         }
