@@ -76,7 +76,7 @@ struct h2stream {
     struct tunnel *t; /* NULL before the request is complete and after the tunnel closed */
     struct endpoint *e;
     /* the request, as its fields arrive */
-    char method[32];
+    char method[32], scheme[8];
     char *authority, *path, *fields; /* fields: "name: value\r\n"... as HTTP/1.1 */
     size_t fieldslen;
     bool has_protocol, too_large;
@@ -87,6 +87,7 @@ struct h2stream {
     /* destination -> client */
     struct buf *tx;
     bool tx_eof, tx_deferred, responded;
+    bool end_sent; /* our END_STREAM went out */
     /* a reply that ends the stream (refusal, PAC) */
     char *body;
     size_t bodylen, bodyoff;
@@ -648,6 +649,10 @@ static int header_cb(nghttp2_session *ng, const nghttp2_frame *frame, const uint
             free(s->path);
             if (vl > max || !(s->path = dup_field(value, vl)))
                 s->too_large = true;
+        } else if (nl == 7 && memcmp(name, ":scheme", 7) == 0) {
+            size_t k = vl < sizeof s->scheme - 1 ? vl : sizeof s->scheme - 1;
+            memcpy(s->scheme, value, k);
+            s->scheme[k] = '\0';
         } else if (nl == 9 && memcmp(name, ":protocol", 9) == 0) {
             s->has_protocol = true;
         }
@@ -660,13 +665,23 @@ static int header_cb(nghttp2_session *ng, const nghttp2_frame *frame, const uint
 
 /* The stream's request, written as HTTP/1.1 for the same parser and rules as everyone else's:
  * "METHOD TARGET HTTP/1.1", Host (the authority), the client's fields, the empty line. */
+/* The target as an HTTP/1.1 client would write it: the authority for CONNECT; for other
+ * methods the absolute form a proxy sees (scheme://authority/path, so the log names the site),
+ * except for the PAC file, which is asked of connectd itself (origin form). */
+static bool pac_path(const char *path) {
+    return strncmp(path, "/proxy.pac", 10) == 0 && (path[10] == '\0' || path[10] == '?');
+}
+
 static char *request_text(const struct h2stream *s, size_t max, size_t *len) {
-    const char *target = strcmp(s->method, "CONNECT") == 0 || !s->path ? s->authority : s->path;
+    bool connect = strcmp(s->method, "CONNECT") == 0 || !s->path;
+    bool origin = !connect && (pac_path(s->path) || !s->authority || !s->scheme[0]);
     const char *host = s->authority ? s->authority : "";
-    if (!target)
-        target = "";
-    size_t n =
-        strlen(s->method) + 1 + strlen(target) + 11 + 6 + strlen(host) + 2 + s->fieldslen + 2;
+    const char *scheme = connect || origin ? "" : s->scheme;
+    const char *sep = connect || origin ? "" : "://";
+    const char *auth = connect ? host : origin ? "" : host;
+    const char *path = connect ? "" : s->path;
+    size_t n = strlen(s->method) + 1 + strlen(scheme) + 3 + strlen(auth) + strlen(path) + 11 + 6 +
+               strlen(host) + 2 + s->fieldslen + 2;
     if (s->too_large)
         n = max + 1; /* the parser refuses it with 431 */
     char *p = malloc(n + 1);
@@ -677,7 +692,8 @@ static char *request_text(const struct h2stream *s, size_t max, size_t *len) {
         static const char head[] = "CONNECT a:1 HTTP/1.1\r\nx: ";
         memcpy(p, head, sizeof head - 1);
     } else {
-        int k = snprintf(p, n + 1, "%s %s HTTP/1.1\r\nHost: %s\r\n", s->method, target, host);
+        int k = snprintf(p, n + 1, "%s %s%s%s%s HTTP/1.1\r\nHost: %s\r\n", s->method, scheme, sep,
+                         auth, path, host);
         memcpy(p + k, s->fields ? s->fields : "", s->fieldslen);
         memcpy(p + (size_t)k + s->fieldslen, "\r\n", 2);
         n = (size_t)k + s->fieldslen + 2;
@@ -833,6 +849,8 @@ static int frame_send_cb(nghttp2_session *ng, const nghttp2_frame *frame, void *
     if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
         return 0;
     struct h2stream *s = stream_of(c, frame->hd.stream_id);
+    if (s)
+        s->end_sent = true;
     /* A reply is complete while the client may still be sending: RFC 9113 section 8.1 lets us
      * ask it to stop, without error. */
     if (s && s->replied && !nghttp2_session_get_stream_remote_close(ng, s->id))
@@ -849,10 +867,15 @@ static int stream_close_cb(nghttp2_session *ng, int32_t id, uint32_t code, void 
     c->open--;
     s->closed = true;
     if (s->t) {
-        if (code != NGHTTP2_NO_ERROR || !s->rx_eof)
+        /* Chromium ends a tunnel whose destination has finished (our END_STREAM is out) with
+         * RST_STREAM CANCEL rather than an END_STREAM of its own: an end, not an abort. */
+        bool ended = code == NGHTTP2_NO_ERROR || (code == NGHTTP2_CANCEL && s->end_sent);
+        if (!ended || (code == NGHTTP2_NO_ERROR && !s->rx_eof)) {
             tunnel_close(s->t, "client_reset"); /* detaches (and frees) s */
-        else
-            feed(s, false); /* the relay reads what is left, then the end */
+            return 0;
+        }
+        s->rx_eof = true;
+        feed(s, false); /* the relay reads what is left, then the end */
         return 0;
     }
     stream_free(s);
