@@ -9,6 +9,8 @@
 #   make bench      side-by-side benchmark with tinyproxy and squid (BENCHMARKS.md)
 #   make bench-tls  the HTTPS-proxy listener next to Squid https_port and stunnel+tinyproxy
 #   make install    PREFIX=/usr/local DESTDIR=
+#   make deb        the Debian package (debian/) in build/deb, checked by lintian
+#   make check-deb  build it, then install, upgrade, remove and purge it on this machine (root)
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -101,6 +103,8 @@ check: deps-test
 	$(MAKE) integration
 	$(MAKE) docs-check
 	$(MAKE) asan
+	@if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then $(MAKE) check-deb; \
+	else echo "check: skipping check-deb (it needs root and apt: it installs the package)"; fi
 
 asan: deps-test
 	$(MAKE) BUILD=build/asan BIN=build/asan/connectd \
@@ -232,6 +236,22 @@ install: $(BIN)
 	install -m 0644 man/proxy.ini.5 $(DESTDIR)$(MANDIR)/man5/proxy.ini.5
 	@if [ -z "$(DESTDIR)" ]; then echo "next: systemctl daemon-reload &&" \
 	    "systemctl enable --now connectd.service (or connectd.socket); see connectd(8)"; fi
+
+# The Debian package (debian/, scripts/build-deb): dpkg-buildpackage -us -uc -b in a clean copy
+# of the tree (build/deb/connectd; this tree is never cleaned nor written), with the unit tests
+# and a no-root subset of the integration tests at build time (DEB_BUILD_OPTIONS=nocheck skips
+# them), then lintian, which must find no error and no warning. Results in build/deb/.
+.PHONY: deb check-deb
+deb:
+	@scripts/install-deps deb
+	scripts/build-deb
+
+# make deb, a second build that must give the same bytes, then the package installed with apt on
+# this machine, used, upgraded with a changed conffile, removed and purged (scripts/check-deb
+# says what is checked). Root only; about 3 minutes. `make check` runs it when it is root.
+check-deb:
+	@scripts/install-deps deb
+	scripts/check-deb
 
 # The documentation and service files, checked in a few seconds without installing anything:
 # both man pages lint-clean (mandoc -Tlint; only "referenced manual not found" is let through,
