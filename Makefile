@@ -8,6 +8,7 @@
 #   make check-valgrind  the integration tests with connectd under valgrind memcheck
 #   make bench      side-by-side benchmark with tinyproxy and squid (BENCHMARKS.md)
 #   make bench-tls  the HTTPS-proxy listener next to Squid https_port and stunnel+tinyproxy
+#   make bench-h2   100 tunnels over one HTTP/2 connection against 100 HTTP/1.1 TLS connections
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make deb        the Debian package (debian/) in build/deb, checked by lintian
 #   make check-deb  build it, then install, upgrade, remove and purge it on this machine (root)
@@ -136,15 +137,23 @@ FUZZ_SECONDS       ?= 60
 FUZZ_SHORT_SECONDS ?= 20
 FUZZ_DIR   := build/fuzz
 # NAME:max_len (bytes): room for the request limits and default ones, an ini with its policy
-# and users files, a policy file, a users file or credential.
+# and users files, a policy file, a users file or credential, an HTTP/2 client's bytes.
 FUZZ_TARGETS := fuzz_http:17000 fuzz_config:8192 fuzz_policy:8192 fuzz_auth:4096 fuzz_admin:9000 \
-                fuzz_proxy:1024
+                fuzz_proxy:1024 fuzz_h2:16384
 FUZZ_NAMES := $(foreach t,$(FUZZ_TARGETS),$(firstword $(subst :, ,$(t))))
 FUZZ_BIN   := $(FUZZ_NAMES:%=$(FUZZ_DIR)/%)
 FUZZ_OBJ   := $(PURE_SRC:%.c=$(FUZZ_DIR)/%.o)
 FUZZ_CFLAGS := -g -O1 -fno-omit-frame-pointer -fno-sanitize-recover=all $(WARN)
 # The config harness serves the policy and users files from its input instead of the disk.
 FUZZ_LDFLAGS_fuzz_config := -Wl,--wrap=text_read_file
+# The HTTP/2 harness links the real h2.c with nghttp2 and libev (the rest of the daemon is stubs in
+# the harness); it sets the clock and timers h2.c sees and watches what h2.c tells nghttp2.
+FUZZ_LDFLAGS_fuzz_h2 := $(foreach f,ev_now ev_timer_start ev_timer_stop \
+    nghttp2_session_set_stream_user_data nghttp2_session_consume \
+    nghttp2_session_consume_connection nghttp2_session_callbacks_set_on_data_chunk_recv_callback,\
+    -Wl,--wrap=$(f))
+FUZZ_EXTRA_fuzz_h2 := $(FUZZ_DIR)/src/h2.o -lnghttp2 -lev
+$(FUZZ_DIR)/fuzz_h2: $(FUZZ_DIR)/src/h2.o
 
 $(FUZZ_DIR)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -154,9 +163,10 @@ $(FUZZ_DIR)/%.o: %.c
 $(FUZZ_BIN): $(FUZZ_DIR)/%: tests/fuzz/%.c $(FUZZ_OBJ)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(CPPFLAGS_ALL) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -MMD -MP \
-	    -MF $@.d -MT $@ $(FUZZ_LDFLAGS_$(notdir $@)) -o $@ $< $(FUZZ_OBJ) -linih -lyaml -lcrypt -lcrypto -lm
+	    -MF $@.d -MT $@ $(FUZZ_LDFLAGS_$(notdir $@)) -o $@ $< $(FUZZ_OBJ) \
+	    $(FUZZ_EXTRA_$(notdir $@)) -linih -lyaml -lcrypt -lcrypto -lm
 
--include $(FUZZ_OBJ:.o=.d) $(FUZZ_BIN:=.d)
+-include $(FUZZ_OBJ:.o=.d) $(FUZZ_DIR)/src/h2.d $(FUZZ_BIN:=.d)
 
 # What a passing run prints from libFuzzer's log: coverage, runs, speed, memory.
 FUZZ_SUMMARY := ^\#[0-9]+[[:space:]]+DONE|^Done [0-9]+ runs|^stat::(number|average|new_units|peak)
@@ -207,6 +217,11 @@ bench-chain:
 # BENCH_TLS_ARGS=--quick for a run of a few minutes).
 bench-tls:
 	$(PYTHON) bench/tls.py $(BENCH_TLS_ARGS)
+
+# 100 tunnels as CONNECT streams over one HTTP/2 connection against 100 HTTP/1.1 TLS connections,
+# connectd only (bench/h2.py; loadgen --h2 links libnghttp2; BENCH_H2_ARGS=--quick for a short run).
+bench-h2:
+	$(PYTHON) bench/h2.py $(BENCH_H2_ARGS)
 
 # Installs under $(DESTDIR): the binary in $(PREFIX)/sbin; in /etc/connectd the shipped
 # config as proxy.ini only when there is none (an operator's file is never replaced) and, always,

@@ -263,7 +263,8 @@ def add_noise_args(ap):
 # ---- building ----------------------------------------------------------------------------------
 
 BENCH_CFLAGS = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE"]
-BENCH_LIBS = {"loadgen": ["-lssl", "-lcrypto"]}  # loadgen --tls (OpenSSL; Debian libssl-dev)
+# loadgen --tls (OpenSSL; Debian libssl-dev) and --h2 (libnghttp2; Debian libnghttp2-dev)
+BENCH_LIBS = {"loadgen": ["-lssl", "-lcrypto", "-lnghttp2"]}
 
 
 def build_tools(bin_dir, log, beside=None):

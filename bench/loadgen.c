@@ -61,6 +61,35 @@
  *   tls_hs_*) and of CONNECT->200 alone (CONNECT written -> 200 read, req_*); p50_ms etc. stay
  *   connect()->200, the TLS handshake included.
  *
+ * HTTP/2 to the proxy (with --tls; libnghttp2 does the framing):
+ *   --h2                ONE TLS connection per loadgen thread, ALPN "h2" (the proxy must select
+ *                       it), and every tunnel of the mode is a CONNECT stream on it (:method
+ *                       CONNECT, :authority the target); streams are opened once the proxy's
+ *                       SETTINGS have arrived, never more at once than its
+ *                       SETTINGS_MAX_CONCURRENT_STREAMS. Per mode:
+ *       throughput  --tunnels N streams on the thread's connection; "up" sends DATA as fast as
+ *                   the flow-control windows allow (counted as DATA payload serialized into
+ *                   the TLS stream), "down" counts DATA payload received
+ *       handshakes  C streams at a time, each: HEADERS CONNECT -> :status 200 -> 64 bytes of
+ *                   DATA -> the 64 bytes echoed -> an empty DATA with END_STREAM -> the proxy's
+ *                   END_STREAM (the target closes after EOF), the stream closed with no error;
+ *                   streams/s over the window, the p50/p99 of stream opened -> 200, the proxy's
+ *                   CPU per stream (cpu_us_per_handshake)
+ *       latency     the same cycle, --concurrency at a time, --count streams
+ *       idle        --tunnels N streams, each proven with one 64-byte echo, held open
+ *     A connection that dies is reopened in handshakes/latency (after 100 failures in a row
+ *     at most 100 times a second, as plain connections); in throughput/idle its streams count
+ *     as lost (or failed to open) and it is not reopened.
+ *   --h2-stream-window BYTES      SETTINGS_INITIAL_WINDOW_SIZE sent (default 1048576)
+ *   --h2-connection-window BYTES  the connection's receive window (default 16777216)
+ *   Received DATA is consumed as read (nghttp2's automatic WINDOW_UPDATE). Not with
+ *   --tls-resume. The JSON line adds h2, h2_connections (opened over the run), h2_goaways,
+ *   h2_max_concurrent_streams (the proxy's setting), h2_stream_window, h2_connection_window.
+ *
+ * Throughput, every variant: the JSON line also has the spread between tunnels (streams with
+ * --h2) over the window: tunnel_mb_per_s_min / _median / _max and jain_fairness (Jain's index,
+ * (sum x)^2 / (n sum x^2) over the tunnels' MB/s: 1 = all equal, 1/n = one tunnel has it all).
+ *
  * Output: one JSON line on stdout (machine-readable), then one human line on stderr.
  * Only loopback addresses (127.0.0.0/8, ::1) are accepted for --proxy and --target. */
 #ifndef _GNU_SOURCE
@@ -73,6 +102,7 @@
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -90,6 +120,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <nghttp2/nghttp2.h>
+
 #define PING_LEN    64
 #define HDR_CAP     2048
 #define MAX_THREADS 16
@@ -98,7 +130,15 @@
 #define PROXYV2_MAX 52        /* 16-byte fixed part + two IPv6 addresses and ports */
 
 enum mode { M_THROUGHPUT = 1, M_HANDSHAKES, M_LATENCY, M_IDLE };
-enum state { S_CONNECTING = 1, S_TLS_HANDSHAKE, S_READ_REPLY, S_READ_ECHO, S_STREAM, S_IDLE };
+enum state {
+    S_CONNECTING = 1,
+    S_TLS_HANDSHAKE,
+    S_READ_REPLY,
+    S_READ_ECHO,
+    S_STREAM,
+    S_IDLE,
+    S_H2 /* --h2: the connection carries streams */
+};
 
 struct opts {
     enum mode mode;
@@ -110,6 +150,8 @@ struct opts {
     bool up;         /* throughput direction */
     bool tls;        /* TLS to the proxy */
     bool tls_resume; /* offer each slot's last session */
+    bool h2;         /* HTTP/2: tunnels are CONNECT streams of one connection per thread */
+    long h2_stream_window, h2_conn_window;
     const char *cacert;
     const char *tls_suites;
     int tunnels, concurrency, threads, open_concurrency;
@@ -129,6 +171,8 @@ struct conn {
     double t_req; /* --tls: handshake done, CONNECT written */
     SSL *ssl;     /* --tls only */
     int slot;     /* --tls-resume: index into the worker's sessions; -1 when none */
+    /* throughput: this tunnel's byte counter (in the worker's tbytes) */
+    _Atomic uint64_t *tb;
     size_t hlen, got;
     char hdr[HDR_CAP];
 };
@@ -167,6 +211,16 @@ struct worker {
     struct samples tls_hs, req;   /* TLS handshake alone, CONNECT->200 alone (ms) */
     SSL_SESSION **sess;           /* --tls-resume: one per slot */
     int *free_slots, nfree;
+    /* throughput: bytes per tunnel (connection, or stream with --h2), want of them */
+    _Atomic uint64_t *tbytes;
+    /* --h2 only */
+    struct h2conn *h2;            /* the worker's connection (one at a time) */
+    int inflight;                 /* streams submitted and not closed */
+    int h2_opened;                /* connections started */
+    bool h2_given_up;             /* throughput/idle: the connection is gone; no other */
+    _Atomic uint64_t h2_conns;    /* connections whose TLS handshake completed */
+    _Atomic uint64_t h2_goaways;  /* GOAWAY frames received */
+    _Atomic uint32_t h2_peer_max; /* the proxy's SETTINGS_MAX_CONCURRENT_STREAMS */
     char err[160];
 };
 
@@ -575,20 +629,25 @@ static const char *tls_group_name(SSL *ssl) {
     return n ? n : "?";
 }
 
+/* A TLS handshake completed: count it; the first one names the version, suite and group. */
+static void tls_handshake_done(struct worker *w, struct conn *c) {
+    c->t_req = now_s();
+    inc(&w->tls_done, 1);
+    if (SSL_session_reused(c->ssl))
+        inc(&w->tls_resumed, 1);
+    if (atomic_load_explicit(&g_tls_info_set, memory_order_relaxed) == 0 &&
+        atomic_exchange(&g_tls_info_set, 1) == 0) {
+        snprintf(g_tls_version, sizeof g_tls_version, "%s", SSL_get_version(c->ssl));
+        snprintf(g_tls_cipher, sizeof g_tls_cipher, "%s", SSL_get_cipher_name(c->ssl));
+        snprintf(g_tls_group, sizeof g_tls_group, "%s", tls_group_name(c->ssl));
+    }
+}
+
 /* Drive the TLS handshake; once done, write the CONNECT request. */
 static void tls_step(struct worker *w, struct conn *c) {
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
-        c->t_req = now_s();
-        inc(&w->tls_done, 1);
-        if (SSL_session_reused(c->ssl))
-            inc(&w->tls_resumed, 1);
-        if (atomic_load_explicit(&g_tls_info_set, memory_order_relaxed) == 0 &&
-            atomic_exchange(&g_tls_info_set, 1) == 0) {
-            snprintf(g_tls_version, sizeof g_tls_version, "%s", SSL_get_version(c->ssl));
-            snprintf(g_tls_cipher, sizeof g_tls_cipher, "%s", SSL_get_cipher_name(c->ssl));
-            snprintf(g_tls_group, sizeof g_tls_group, "%s", tls_group_name(c->ssl));
-        }
+        tls_handshake_done(w, c);
         send_request(w, c);
         return;
     }
@@ -610,6 +669,19 @@ static void tls_step(struct worker *w, struct conn *c) {
     conn_fail(w, c, msg, 0);
 }
 
+/* --cacert: the certificate must name the address dialled (an IP address SAN). */
+static void tls_verify_ip(SSL *ssl) {
+    if (!O.cacert)
+        return;
+    char ip[INET6_ADDRSTRLEN] = "";
+    const struct sockaddr_storage *a = &O.proxy;
+    if (a->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)a)->sin_addr, ip, sizeof ip);
+    else
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)a)->sin6_addr, ip, sizeof ip);
+    X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ip);
+}
+
 static void tls_start(struct worker *w, struct conn *c) {
     c->st = S_TLS_HANDSHAKE;
     c->t_tcp = now_s();
@@ -620,16 +692,7 @@ static void tls_start(struct worker *w, struct conn *c) {
         return;
     }
     SSL_set_connect_state(c->ssl);
-    if (O.cacert) {
-        /* The certificate must name the address dialled (an IP address SAN). */
-        char ip[INET6_ADDRSTRLEN] = "";
-        const struct sockaddr_storage *a = &O.proxy;
-        if (a->ss_family == AF_INET)
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)a)->sin_addr, ip, sizeof ip);
-        else
-            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)a)->sin6_addr, ip, sizeof ip);
-        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), ip);
-    }
+    tls_verify_ip(c->ssl);
     if (c->slot >= 0 && w->sess[c->slot])
         SSL_set_session(c->ssl, w->sess[c->slot]);
     tls_step(w, c);
@@ -711,6 +774,8 @@ static int start_conn(struct worker *w) {
     const struct sockaddr_storage *dst = O.direct ? &O.target : &O.proxy;
     socklen_t dlen = O.direct ? O.target_len : O.proxy_len;
     c->slot = -1;
+    if (w->tbytes && w->started < w->want)
+        c->tb = &w->tbytes[w->started];
     c->fd = socket(dst->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     w->started++;
     w->active++;
@@ -815,8 +880,11 @@ static void on_read_reply(struct worker *w, struct conn *c) {
         c->st = S_STREAM;
         w->opening--;
         inc(&w->established, 1);
-        if (!O.up)
+        if (!O.up) {
             inc(&w->bytes, extra);
+            if (c->tb)
+                inc(c->tb, extra);
+        }
         if (set_events(w, c, O.up ? EPOLLOUT : EPOLLIN) == -1)
             conn_fail(w, c, "epoll_ctl", errno);
         return;
@@ -848,6 +916,8 @@ static void on_stream(struct worker *w, struct conn *c, uint32_t ev) {
             ssize_t n = io_send(c, g_chunk, O.chunk);
             if (n > 0) {
                 inc(&w->bytes, (uint64_t)n);
+                if (c->tb)
+                    inc(c->tb, (uint64_t)n);
                 if (!c->ssl && (size_t)n < O.chunk)
                     return; /* socket buffer full */
                 continue;
@@ -866,6 +936,8 @@ static void on_stream(struct worker *w, struct conn *c, uint32_t ev) {
         ssize_t n = io_recv(c, g_chunk, O.chunk);
         if (n > 0) {
             inc(&w->bytes, (uint64_t)n);
+            if (c->tb)
+                inc(c->tb, (uint64_t)n);
             if (!c->ssl && (size_t)n < O.chunk)
                 return; /* drained */
             continue;
@@ -915,6 +987,8 @@ static void on_event(struct worker *w, struct conn *c, uint32_t ev) {
                   n == -1 ? errno : 0);
         return;
     }
+    case S_H2: /* --h2 connections have their own loop (h2_worker_main) */
+        return;
     }
 }
 
@@ -979,6 +1053,721 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
+/* ---- HTTP/2 (--h2) ----
+ * One connection per worker: TCP connect, TLS handshake with ALPN h2, then an nghttp2 client
+ * session driven by hand: what SSL_read returns goes to nghttp2_session_mem_recv, and the
+ * frames of nghttp2_session_mem_send are gathered into an out buffer that SSL_write drains
+ * (SSL_MODE_ENABLE_PARTIAL_WRITE: one record a call, as plain TLS tunnels). The callbacks only
+ * mark streams and submit frames; a stream is counted and freed when nghttp2 closes it, and
+ * the connection is freed by the event loop, never from inside nghttp2. */
+
+#define H2_OUT_FILL (64 * 1024) /* frames gathered for the SSL_writes of one round */
+#define H2_ROUNDS   128         /* record reads or writes per wake-up (2 MiB, as plain TLS) */
+
+enum h2st {
+    HS_REPLY = 1, /* CONNECT submitted, waiting for :status */
+    HS_ECHO,      /* 200; the 64 bytes sent, waiting for them to come back */
+    HS_ENDING,    /* echoed; our END_STREAM submitted, waiting for the proxy's */
+    HS_STREAM,    /* throughput: moving bytes */
+    HS_IDLE       /* idle: proven, held */
+};
+
+struct h2stream {
+    struct h2stream *prev, *next;
+    int32_t id;
+    enum h2st st;
+    int idx;         /* throughput: the tunnel's byte counter; -1 otherwise */
+    int status;      /* :status of the reply */
+    double t0;       /* CONNECT submitted */
+    size_t got;      /* echo bytes back */
+    size_t ping_off; /* echo bytes handed to nghttp2 */
+    bool remote_end; /* the proxy's END_STREAM arrived */
+    /* why we reset it (it is counted as a failure when it closes), in failbuf */
+    const char *fail;
+    char failbuf[96];
+};
+
+struct h2conn {
+    struct conn c; /* first: epoll's data.ptr is &c, which is the h2conn */
+    struct worker *w;
+    nghttp2_session *ng;
+    struct h2stream *streams; /* submitted and not closed */
+    bool ready;               /* the proxy's SETTINGS arrived: streams may be opened */
+    bool goaway;              /* GOAWAY received: no new streams */
+    bool dead;                /* to be closed by the event loop (why says why) */
+    uint32_t peer_max;        /* the proxy's SETTINGS_MAX_CONCURRENT_STREAMS */
+    unsigned char *out;       /* frames not yet taken by SSL_write */
+    size_t outlen, outoff, outcap;
+    char why[160]; /* as a worker's err */
+};
+
+__attribute__((format(printf, 2, 3))) static void h2_failf(struct h2conn *h,
+                                                           const char *fmt, ...) {
+    if (h->dead)
+        return;
+    h->dead = true;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(h->why, sizeof h->why, fmt, ap);
+    va_end(ap);
+}
+
+static struct h2stream *h2_stream(nghttp2_session *ng, int32_t id) {
+    return id > 0 ? nghttp2_session_get_stream_user_data(ng, id) : NULL;
+}
+
+/* The stream is over: count it, unlink and free it. ok: its echo cycle completed. */
+static void h2_stream_end(struct h2conn *h, struct h2stream *s, bool ok, const char *why) {
+    struct worker *w = h->w;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        h->streams = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    w->inflight--;
+    if (ok) {
+        inc(&w->done, 1);
+        w->finished++;
+        w->fail_streak = 0;
+    } else {
+        set_err(w, why, 0);
+        inc(&w->errors, 1);
+        w->fail_streak++;
+        if (is_tunnel_mode()) {
+            if (s->st == HS_STREAM || s->st == HS_IDLE) {
+                inc(&w->lost, 1);
+            } else {
+                inc(&w->failed_open, 1);
+                w->opening--;
+            }
+        }
+    }
+    free(s);
+}
+
+/* A stream we no longer want (a refusal, a bad echo): RST_STREAM CANCEL; it is counted as a
+ * failure, with this reason, when nghttp2 closes it. */
+static void h2_reset(struct h2conn *h, struct h2stream *s, const char *why) {
+    if (!s->fail) {
+        snprintf(s->failbuf, sizeof s->failbuf, "%s", why);
+        s->fail = s->failbuf;
+    }
+    (void)nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, s->id, NGHTTP2_CANCEL);
+}
+
+/* DATA sources: the upload stream (any bytes, never ends), the 64-byte echo, the empty end. */
+static ssize_t h2_up_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len,
+                          uint32_t *flags, nghttp2_data_source *src, void *user) {
+    (void)ng, (void)id, (void)flags, (void)src, (void)user;
+    size_t n = len < O.chunk ? len : O.chunk;
+    memcpy(buf, g_chunk, n);
+    return (ssize_t)n;
+}
+
+static ssize_t h2_ping_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len,
+                            uint32_t *flags, nghttp2_data_source *src, void *user) {
+    (void)ng, (void)id, (void)user;
+    struct h2stream *s = src->ptr;
+    size_t n = PING_LEN - s->ping_off;
+    if (n > len)
+        n = len;
+    memcpy(buf, g_ping + s->ping_off, n);
+    s->ping_off += n;
+    if (s->ping_off == PING_LEN)
+        *flags |= NGHTTP2_DATA_FLAG_EOF; /* no END_STREAM: nghttp2_submit_data had none */
+    return (ssize_t)n;
+}
+
+static ssize_t h2_end_read(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t len,
+                           uint32_t *flags, nghttp2_data_source *src, void *user) {
+    (void)ng, (void)id, (void)buf, (void)len, (void)src, (void)user;
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    return 0;
+}
+
+static void h2_submit_data(struct h2conn *h, struct h2stream *s, uint8_t flags,
+                           nghttp2_data_source_read_callback cb) {
+    nghttp2_data_provider prd = {.source.ptr = s, .read_callback = cb};
+    int r = nghttp2_submit_data(h->ng, flags, s->id, &prd);
+    if (r != 0) {
+        char m[96];
+        snprintf(m, sizeof m, "nghttp2_submit_data: %s", nghttp2_strerror(r));
+        h2_reset(h, s, m);
+    }
+}
+
+/* The reply's HEADERS: 200 opens the tunnel; anything else is a refusal. */
+static void h2_on_reply(struct h2conn *h, struct h2stream *s) {
+    struct worker *w = h->w;
+    if (s->st != HS_REPLY || s->fail)
+        return; /* trailers, or a stream already given up */
+    if (s->status != 200) {
+        char m[64];
+        snprintf(m, sizeof m, "proxy replied :status %d", s->status);
+        h2_reset(h, s, m);
+        return;
+    }
+    double ms = (now_s() - s->t0) * 1e3;
+    bool rec = false;
+    if (O.mode == M_LATENCY)
+        rec = w->finished >= O.warmup_count / O.threads;
+    else if (O.mode == M_HANDSHAKES)
+        rec = atomic_load_explicit(&w->record, memory_order_relaxed);
+    if (rec) {
+        add_sample(w, ms);
+        add_to(&w->req, ms); /* CONNECT->200 alone: the stream's whole opening */
+    }
+    if (O.mode == M_THROUGHPUT) {
+        s->st = HS_STREAM;
+        w->opening--;
+        inc(&w->established, 1);
+        if (O.up)
+            h2_submit_data(h, s, NGHTTP2_FLAG_NONE, h2_up_read);
+        return;
+    }
+    s->st = HS_ECHO;
+    h2_submit_data(h, s, NGHTTP2_FLAG_NONE, h2_ping_read);
+}
+
+static int h2_on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name,
+                        size_t nl, const uint8_t *value, size_t vl, uint8_t flags, void *user) {
+    (void)flags, (void)user;
+    if (frame->hd.type != NGHTTP2_HEADERS || nl != 7 || memcmp(name, ":status", 7) != 0)
+        return 0;
+    struct h2stream *s = h2_stream(ng, frame->hd.stream_id);
+    if (!s)
+        return 0;
+    int st = 0;
+    for (size_t i = 0; i < vl && i < 4; i++)
+        st = st * 10 + (value[i] >= '0' && value[i] <= '9' ? value[i] - '0' : 0);
+    s->status = st;
+    return 0;
+}
+
+static int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *user) {
+    struct h2conn *h = user;
+    struct worker *w = h->w;
+    struct h2stream *s = h2_stream(ng, frame->hd.stream_id);
+    switch (frame->hd.type) {
+    case NGHTTP2_SETTINGS:
+        if (frame->hd.flags & NGHTTP2_FLAG_ACK)
+            break;
+        h->peer_max =
+            nghttp2_session_get_remote_settings(ng, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+        atomic_store(&w->h2_peer_max, h->peer_max);
+        if (!h->ready) {
+            h->ready = true;
+            if (is_tunnel_mode() && (uint32_t)w->want > h->peer_max)
+                h2_failf(h,
+                         "the proxy allows %u concurrent streams a connection, fewer than the "
+                         "%d tunnels of this loadgen thread (use more --threads)",
+                         h->peer_max, w->want);
+        }
+        break;
+    case NGHTTP2_GOAWAY: {
+        h->goaway = true;
+        inc(&w->h2_goaways, 1);
+        if (frame->goaway.error_code != NGHTTP2_NO_ERROR) {
+            char m[120];
+            snprintf(m, sizeof m, "GOAWAY %s (last stream %d)",
+                     nghttp2_http2_strerror(frame->goaway.error_code),
+                     frame->goaway.last_stream_id);
+            set_err(w, m, 0);
+            inc(&w->errors, 1);
+        }
+        break;
+    }
+    case NGHTTP2_HEADERS:
+        if (s && frame->headers.cat == NGHTTP2_HCAT_RESPONSE)
+            h2_on_reply(h, s);
+        break;
+    default:
+        break;
+    }
+    if (s && (frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        s->remote_end = true;
+        if (s->st != HS_ENDING && !s->fail)
+            h2_reset(h, s,
+                     s->st == HS_ECHO     ? "END_STREAM before the echo"
+                     : s->st == HS_REPLY  ? "END_STREAM with the reply"
+                     : s->st == HS_STREAM ? "tunnel ended by the proxy"
+                                          : "idle tunnel ended by the proxy");
+    }
+    return 0;
+}
+
+static int h2_on_data(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data,
+                      size_t len, void *user) {
+    (void)flags;
+    struct h2conn *h = user;
+    struct worker *w = h->w;
+    struct h2stream *s = h2_stream(ng, id);
+    if (!s || s->fail)
+        return 0;
+    switch (s->st) {
+    case HS_STREAM:
+        if (!O.up) {
+            inc(&w->bytes, len);
+            if (w->tbytes && s->idx >= 0)
+                inc(&w->tbytes[s->idx], len);
+        }
+        return 0;
+    case HS_ECHO:
+        if (s->got + len > PING_LEN || memcmp(data, g_ping + s->got, len) != 0) {
+            h2_reset(h, s, "echo mismatch");
+            return 0;
+        }
+        s->got += len;
+        if (s->got < PING_LEN)
+            return 0;
+        if (O.mode == M_IDLE) { /* proven: hold it */
+            s->st = HS_IDLE;
+            w->opening--;
+            inc(&w->established, 1);
+            return 0;
+        }
+        s->st = HS_ENDING;
+        h2_submit_data(h, s, NGHTTP2_FLAG_END_STREAM, h2_end_read);
+        return 0;
+    case HS_IDLE:
+        h2_reset(h, s, "idle tunnel got data");
+        return 0;
+    default:
+        h2_reset(h, s, "bytes after the echo");
+        return 0;
+    }
+}
+
+/* Upload: DATA payload counted as it is serialized into the TLS stream. */
+static int h2_on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *user) {
+    if (frame->hd.type != NGHTTP2_DATA || O.mode != M_THROUGHPUT || !O.up)
+        return 0;
+    struct h2conn *h = user;
+    struct worker *w = h->w;
+    size_t n = frame->hd.length - (frame->data.padlen ? frame->data.padlen : 0);
+    inc(&w->bytes, n);
+    struct h2stream *s = h2_stream(ng, frame->hd.stream_id);
+    if (s && w->tbytes && s->idx >= 0)
+        inc(&w->tbytes[s->idx], n);
+    return 0;
+}
+
+/* A CONNECT that could not go out (GOAWAY received, say): the stream never opened. */
+static int h2_on_not_send(nghttp2_session *ng, const nghttp2_frame *frame, int err, void *user) {
+    struct h2conn *h = user;
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    for (struct h2stream *s = h->streams; s; s = s->next) {
+        if (s->id != frame->hd.stream_id)
+            continue;
+        char m[120];
+        snprintf(m, sizeof m, "CONNECT not sent: %s", nghttp2_strerror(err));
+        (void)nghttp2_session_set_stream_user_data(ng, s->id, NULL);
+        h2_stream_end(h, s, false, m);
+        break;
+    }
+    return 0;
+}
+
+static int h2_on_close(nghttp2_session *ng, int32_t id, uint32_t code, void *user) {
+    struct h2conn *h = user;
+    struct h2stream *s = h2_stream(ng, id);
+    if (!s)
+        return 0;
+    (void)nghttp2_session_set_stream_user_data(ng, id, NULL);
+    bool ok = s->st == HS_ENDING && s->remote_end && code == NGHTTP2_NO_ERROR && !s->fail;
+    char m[120];
+    const char *why = s->fail;
+    if (!ok && !why) {
+        snprintf(m, sizeof m, "stream %s by the proxy (%s)", code ? "reset" : "closed",
+                 nghttp2_http2_strerror(code));
+        why = m;
+    }
+    h2_stream_end(h, s, ok, why);
+    return 0;
+}
+
+static int h2_session_start(struct h2conn *h) {
+    nghttp2_session_callbacks *cb;
+    if (nghttp2_session_callbacks_new(&cb) != 0) {
+        h2_failf(h, "nghttp2_session_callbacks_new failed");
+        return -1;
+    }
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, h2_on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, h2_on_data);
+    nghttp2_session_callbacks_set_on_header_callback(cb, h2_on_header);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, h2_on_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, h2_on_frame_send);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(cb, h2_on_not_send);
+    int r = nghttp2_session_client_new(&h->ng, cb, h);
+    nghttp2_session_callbacks_del(cb);
+    if (r == 0) {
+        nghttp2_settings_entry iv[] = {
+            {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+            {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, (uint32_t)O.h2_stream_window},
+        };
+        r = nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
+    }
+    if (r == 0) /* the connection's receive window, raised by a WINDOW_UPDATE */
+        r = nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0,
+                                                  (int32_t)O.h2_conn_window);
+    if (r != 0) {
+        h2_failf(h, "nghttp2 session: %s", nghttp2_strerror(r));
+        return -1;
+    }
+    return 0;
+}
+
+/* Write what nghttp2 has to send, as far as the socket takes it (H2_ROUNDS records a turn);
+ * EPOLLOUT while anything waits. */
+static void h2_flush(struct h2conn *h) {
+    struct worker *w = h->w;
+    for (int i = 0; i < H2_ROUNDS && !h->dead; i++) {
+        if (h->outoff == h->outlen) {
+            h->outoff = h->outlen = 0;
+            while (h->outlen < H2_OUT_FILL) {
+                const uint8_t *p;
+                ssize_t n = nghttp2_session_mem_send(h->ng, &p);
+                if (n < 0) {
+                    h2_failf(h, "nghttp2_session_mem_send: %s", nghttp2_strerror((int)n));
+                    return;
+                }
+                if (n == 0)
+                    break;
+                if (h->outlen + (size_t)n > h->outcap) {
+                    size_t cap = h->outcap ? h->outcap * 2 : 2 * H2_OUT_FILL;
+                    while (cap < h->outlen + (size_t)n)
+                        cap *= 2;
+                    unsigned char *o = realloc(h->out, cap);
+                    if (!o) {
+                        h2_failf(h, "realloc: %s", strerror(ENOMEM));
+                        return;
+                    }
+                    h->out = o;
+                    h->outcap = cap;
+                }
+                memcpy(h->out + h->outlen, p, (size_t)n);
+                h->outlen += (size_t)n;
+            }
+            if (h->outlen == 0) {
+                if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
+                    h2_failf(h, "the HTTP/2 session ended%s", h->goaway ? " (GOAWAY)" : "");
+                else if (set_events(w, &h->c, EPOLLIN) == -1)
+                    h2_failf(h, "epoll_ctl: %s", strerror(errno));
+                return;
+            }
+        }
+        ssize_t k = io_send(&h->c, h->out + h->outoff, h->outlen - h->outoff);
+        if (k > 0) {
+            h->outoff += (size_t)k;
+            continue;
+        }
+        if (k == -1 && (errno == EAGAIN || errno == EINTR)) {
+            if (set_events(w, &h->c, EPOLLIN | EPOLLOUT) == -1)
+                h2_failf(h, "epoll_ctl: %s", strerror(errno));
+            return;
+        }
+        if (k == -1 && errno == EPROTO)
+            h2_failf(h, "send: TLS: %s", g_tls_err);
+        else
+            h2_failf(h, "send: %s", strerror(k == -1 ? errno : EPIPE));
+        return;
+    }
+    if (!h->dead && set_events(w, &h->c, EPOLLIN | EPOLLOUT) == -1) /* more next turn */
+        h2_failf(h, "epoll_ctl: %s", strerror(errno));
+}
+
+/* Read what TLS has (H2_ROUNDS records a turn) and hand it to nghttp2. */
+static void h2_read(struct h2conn *h) {
+    unsigned char buf[16384]; /* one TLS record */
+    for (int i = 0; i < H2_ROUNDS && !h->dead; i++) {
+        ssize_t n = io_recv(&h->c, buf, sizeof buf);
+        if (n > 0) {
+            ssize_t r = nghttp2_session_mem_recv(h->ng, buf, (size_t)n);
+            if (r < 0) {
+                h2_failf(h, "HTTP/2 from the proxy: %s", nghttp2_strerror((int)r));
+                return;
+            }
+            continue;
+        }
+        if (n == -1 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n == 0)
+            h2_failf(h, "the proxy closed the connection%s", h->goaway ? " after GOAWAY" : "");
+        else if (errno == EPROTO)
+            h2_failf(h, "recv: TLS: %s", g_tls_err);
+        else
+            h2_failf(h, "recv: %s", strerror(errno));
+        return;
+    }
+}
+
+/* Free the connection; its open streams fail with it (lost, or failed to open), and in
+ * throughput/idle so do the tunnels not yet submitted. */
+static void h2_close(struct worker *w, struct h2conn *h) {
+    const char *why = h->why[0] ? h->why : "connection closed";
+    if (h->ng)
+        nghttp2_session_del(h->ng); /* calls no callback */
+    h->ng = NULL;
+    bool any = h->streams != NULL;
+    while (h->streams)
+        h2_stream_end(h, h->streams, false, why);
+    if (!any) {
+        set_err(w, why, 0);
+        inc(&w->errors, 1);
+        w->fail_streak++;
+    }
+    if (is_tunnel_mode()) {
+        if (w->started < w->want) {
+            inc(&w->failed_open, (uint64_t)(w->want - w->started));
+            w->started = w->want;
+        }
+        w->h2_given_up = true;
+    }
+    if (h->c.ssl) {
+        SSL_free(h->c.ssl);
+        ERR_clear_error();
+    }
+    if (h->c.fd != -1)
+        close(h->c.fd);
+    free(h->out);
+    free(h);
+    w->h2 = NULL;
+}
+
+static void h2_tls_step(struct worker *w, struct h2conn *h) {
+    SSL *ssl = h->c.ssl;
+    int r = SSL_do_handshake(ssl);
+    if (r == 1) {
+        tls_handshake_done(w, &h->c);
+        const unsigned char *p = NULL;
+        unsigned int n = 0;
+        SSL_get0_alpn_selected(ssl, &p, &n);
+        if (n != 2 || memcmp(p, "h2", 2) != 0) {
+            h2_failf(h, "the proxy did not select ALPN h2 (it selected %.*s)", n ? (int)n : 4,
+                     n ? (const char *)p : "none");
+            return;
+        }
+        inc(&w->h2_conns, 1);
+        if (h2_session_start(h) != 0)
+            return;
+        h->c.st = S_H2;
+        h2_flush(h);
+        return;
+    }
+    int e = SSL_get_error(ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        if (set_events(w, &h->c, e == SSL_ERROR_WANT_READ ? EPOLLIN : EPOLLOUT) == -1)
+            h2_failf(h, "epoll_ctl: %s", strerror(errno));
+        return;
+    }
+    if (e == SSL_ERROR_SYSCALL) {
+        int err = errno ? errno : ECONNRESET;
+        ERR_clear_error();
+        h2_failf(h, "TLS handshake: %s", strerror(err));
+        return;
+    }
+    tls_note_error(e);
+    h2_failf(h, "TLS handshake: %s", g_tls_err);
+}
+
+static void h2_tls_start(struct worker *w, struct h2conn *h) {
+    h->c.st = S_TLS_HANDSHAKE;
+    h->c.t_tcp = now_s();
+    h->c.ssl = SSL_new(g_ssl_ctx);
+    if (!h->c.ssl || SSL_set_fd(h->c.ssl, h->c.fd) != 1) {
+        tls_note_error(0);
+        h2_failf(h, "SSL_new: %s", g_tls_err);
+        return;
+    }
+    SSL_set_connect_state(h->c.ssl);
+    tls_verify_ip(h->c.ssl);
+    h2_tls_step(w, h);
+}
+
+static void h2_connect(struct worker *w) {
+    struct h2conn *h = calloc(1, sizeof *h);
+    if (!h) {
+        set_err(w, "calloc", ENOMEM);
+        inc(&w->errors, 1);
+        w->fail_streak++;
+        return;
+    }
+    h->w = w;
+    h->c.slot = -1;
+    w->h2 = h;
+    w->h2_opened++;
+    h->c.fd = socket(O.proxy.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (h->c.fd == -1) {
+        h2_failf(h, "socket: %s", strerror(errno));
+        h2_close(w, h);
+        return;
+    }
+    int one = 1;
+    (void)setsockopt(h->c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    h->c.st = S_CONNECTING;
+    h->c.t0 = now_s();
+    int r = connect(h->c.fd, (const struct sockaddr *)&O.proxy, O.proxy_len);
+    if (r == -1 && errno != EINPROGRESS) {
+        h2_failf(h, "connect: %s", strerror(errno));
+        h2_close(w, h);
+        return;
+    }
+    h->c.events = r == 0 ? EPOLLIN : EPOLLOUT;
+    struct epoll_event e = {.events = h->c.events, .data.ptr = &h->c};
+    if (epoll_ctl(w->ep, EPOLL_CTL_ADD, h->c.fd, &e) == -1) {
+        h2_failf(h, "epoll_ctl: %s", strerror(errno));
+        h2_close(w, h);
+        return;
+    }
+    if (r == 0)
+        h2_tls_start(w, h);
+    if (h->dead)
+        h2_close(w, h);
+}
+
+/* Submit one CONNECT stream. idx: its tunnel (throughput) or -1. */
+static int h2_submit(struct worker *w, struct h2conn *h, int idx) {
+    struct h2stream *s = calloc(1, sizeof *s);
+    w->started++;
+    if (!s) {
+        set_err(w, "calloc", ENOMEM);
+        inc(&w->errors, 1);
+        if (is_tunnel_mode())
+            inc(&w->failed_open, 1);
+        return -1;
+    }
+    s->idx = idx;
+    s->st = HS_REPLY;
+    s->t0 = now_s();
+    nghttp2_nv nva[] = {
+        {(uint8_t *)":method", (uint8_t *)"CONNECT", 7, 7, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)":authority", (uint8_t *)O.target_str, 10, strlen(O.target_str),
+         NGHTTP2_NV_FLAG_NONE},
+    };
+    /* HEADERS without END_STREAM (nghttp2_submit_request with no body would set it) */
+    int32_t id = nghttp2_submit_headers(h->ng, NGHTTP2_FLAG_NONE, -1, NULL, nva, 2, s);
+    if (id < 0) {
+        char m[96];
+        snprintf(m, sizeof m, "nghttp2_submit_headers: %s", nghttp2_strerror(id));
+        set_err(w, m, 0);
+        inc(&w->errors, 1);
+        w->fail_streak++;
+        if (is_tunnel_mode())
+            inc(&w->failed_open, 1);
+        free(s);
+        return -1;
+    }
+    s->id = id;
+    s->next = h->streams;
+    if (h->streams)
+        h->streams->prev = s;
+    h->streams = s;
+    w->inflight++;
+    if (is_tunnel_mode())
+        w->opening++;
+    return 0;
+}
+
+/* Open the connection when there is none (again only in handshakes/latency), and streams up to
+ * the mode's target once the proxy's SETTINGS are in. */
+static void h2_top_up(struct worker *w) {
+    if (atomic_load_explicit(&g_stop, memory_order_relaxed))
+        return;
+    struct h2conn *h = w->h2;
+    if (!h) {
+        if (w->h2_given_up || w->want == 0 || w->started >= MAX_STARTS ||
+            (O.mode == M_LATENCY && w->started >= w->quota))
+            return;
+        if (w->fail_streak > 100) { /* as plain connections: at most 100 tries a second */
+            double now = now_s();
+            if (now < w->next_try)
+                return;
+            w->next_try = now + 0.01;
+        }
+        h2_connect(w);
+        return;
+    }
+    if (h->dead || !h->ready || h->goaway)
+        return;
+    int cap = h->peer_max < (uint32_t)w->want ? (int)h->peer_max : w->want;
+    bool any = false;
+    switch (O.mode) {
+    case M_THROUGHPUT:
+        while (w->started < w->want && h2_submit(w, h, (int)w->started) == 0)
+            any = true;
+        break;
+    case M_IDLE:
+        while (w->started < w->want && w->opening < O.open_concurrency &&
+               h2_submit(w, h, -1) == 0)
+            any = true;
+        break;
+    case M_HANDSHAKES:
+        while (w->inflight < cap && w->started < MAX_STARTS && h2_submit(w, h, -1) == 0)
+            any = true;
+        break;
+    case M_LATENCY:
+        while (w->inflight < cap && w->started < w->quota && h2_submit(w, h, -1) == 0)
+            any = true;
+        break;
+    }
+    if (any)
+        h2_flush(h);
+    if (h->dead)
+        h2_close(w, h);
+}
+
+static void h2_on_event(struct worker *w, struct h2conn *h, uint32_t ev) {
+    switch (h->c.st) {
+    case S_CONNECTING: {
+        int err = 0;
+        socklen_t l = sizeof err;
+        if (getsockopt(h->c.fd, SOL_SOCKET, SO_ERROR, &err, &l) == -1)
+            err = errno;
+        if (err)
+            h2_failf(h, "connect: %s", strerror(err));
+        else
+            h2_tls_start(w, h);
+        break;
+    }
+    case S_TLS_HANDSHAKE:
+        h2_tls_step(w, h);
+        break;
+    default:
+        if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
+            h2_read(h);
+        if (!h->dead)
+            h2_flush(h);
+        break;
+    }
+    if (h->dead)
+        h2_close(w, h);
+}
+
+static void *h2_worker_main(void *arg) {
+    struct worker *w = arg;
+    struct epoll_event evs[4];
+    h2_top_up(w);
+    while (!atomic_load_explicit(&g_stop, memory_order_relaxed)) {
+        if (now_s() > g_hard_deadline)
+            break;
+        if (O.mode == M_LATENCY && w->started >= w->quota && w->inflight == 0)
+            break;
+        int n = epoll_wait(w->ep, evs, 4, 50);
+        if (n == -1 && errno != EINTR) {
+            set_err(w, "epoll_wait", errno);
+            break;
+        }
+        for (int i = 0; i < n; i++)
+            if (w->h2 && evs[i].data.ptr == &w->h2->c)
+                h2_on_event(w, w->h2, evs[i].events);
+        h2_top_up(w);
+    }
+    return NULL;
+}
+
 /* ---- argument parsing ---- */
 
 static int parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len) {
@@ -1034,6 +1823,9 @@ static int usage(const char *why) {
             "          [--threads T] [--warmup S] [--chunk BYTES] [--timeout S] [--label TEXT]\n"
             "          [--tls [--tls-resume] [--cacert FILE] [--tls-suites LIST]] (TLS to the "
             "proxy)\n"
+            "          [--tls --h2 [--h2-stream-window B] [--h2-connection-window B]] (HTTP/2: "
+            "one\n"
+            "          connection per thread, every tunnel a CONNECT stream on it)\n"
             "  loopback addresses only (127.0.0.0/8, ::1)\n");
     return 2;
 }
@@ -1064,6 +1856,8 @@ static int parse_args(int argc, char **argv) {
     O.open_timeout = 60;
     O.chunk = 256 * 1024;
     O.label = "";
+    O.h2_stream_window = 1L << 20;
+    O.h2_conn_window = 16L << 20;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -1081,6 +1875,10 @@ static int parse_args(int argc, char **argv) {
         }
         if (strcmp(a, "--tls-resume") == 0) {
             O.tls_resume = true;
+            continue;
+        }
+        if (strcmp(a, "--h2") == 0) {
+            O.h2 = true;
             continue;
         }
         if (!v)
@@ -1124,6 +1922,10 @@ static int parse_args(int argc, char **argv) {
             O.cacert = v;
         else if (strcmp(a, "--tls-suites") == 0)
             O.tls_suites = v;
+        else if (strcmp(a, "--h2-stream-window") == 0)
+            O.h2_stream_window = strtol(v, NULL, 10);
+        else if (strcmp(a, "--h2-connection-window") == 0)
+            O.h2_conn_window = strtol(v, NULL, 10);
         else
             return usage("unknown option");
     }
@@ -1135,6 +1937,11 @@ static int parse_args(int argc, char **argv) {
         return usage("--tls-resume, --cacert and --tls-suites go with --tls");
     if (O.tls && (O.direct || O.proxy_v2))
         return usage("--tls is TLS to the proxy: not with --direct or --proxy-v2");
+    if (O.h2 && (!O.tls || O.tls_resume))
+        return usage("--h2 needs --tls, and is one connection: not with --tls-resume");
+    if (O.h2_stream_window < 65535 || O.h2_stream_window > INT32_MAX ||
+        O.h2_conn_window < 65535 || O.h2_conn_window > INT32_MAX)
+        return usage("--h2-stream-window and --h2-connection-window: 65535 to 2^31-1");
     int r = parse_addr(target, &O.target, &O.target_len);
     if (r == 0 && !O.direct)
         r = parse_addr(proxy, &O.proxy, &O.proxy_len);
@@ -1287,6 +2094,62 @@ static void print_tls(struct worker *ws, uint64_t hs, uint64_t res) {
     }
 }
 
+static uint32_t h2_peer_max(struct worker *ws) {
+    uint32_t m = 0;
+    for (int i = 0; i < O.threads; i++) {
+        uint32_t v = atomic_load(&ws[i].h2_peer_max);
+        m = v > m ? v : m;
+    }
+    return m;
+}
+
+/* --h2: the fields added to the JSON line (nothing without --h2). */
+static void print_h2(struct worker *ws) {
+    if (!O.h2)
+        return;
+    printf(",\"h2\":true,\"h2_connections\":%llu,\"h2_goaways\":%llu,"
+           "\"h2_max_concurrent_streams\":%u,\"h2_stream_window\":%ld,"
+           "\"h2_connection_window\":%ld",
+           (unsigned long long)SUM(h2_conns), (unsigned long long)SUM(h2_goaways),
+           h2_peer_max(ws), O.h2_stream_window, O.h2_conn_window);
+}
+
+/* throughput: every tunnel's byte counter, worker by worker, into out[O.tunnels]. */
+static void tunnel_bytes(struct worker *ws, uint64_t *out) {
+    int k = 0;
+    for (int i = 0; i < O.threads; i++)
+        for (int j = 0; j < ws[i].want && ws[i].tbytes && k < O.tunnels; j++)
+            out[k++] = atomic_load_explicit(&ws[i].tbytes[j], memory_order_relaxed);
+}
+
+/* The spread of the tunnels' rates over the window (MB/s), and Jain's fairness index. */
+struct spread {
+    double min, median, max, jain;
+};
+
+static struct spread spread_of(const uint64_t *b0, const uint64_t *b1, double wall) {
+    struct spread sp = {-1, -1, -1, -1};
+    int n = O.tunnels;
+    double *x = malloc((size_t)n * sizeof *x);
+    if (!x || wall <= 0) {
+        free(x);
+        return sp;
+    }
+    double sum = 0, sq = 0;
+    for (int i = 0; i < n; i++) {
+        x[i] = (double)(b1[i] - b0[i]) / 1e6 / wall;
+        sum += x[i];
+        sq += x[i] * x[i];
+    }
+    qsort(x, (size_t)n, sizeof *x, cmp_double);
+    sp.min = x[0];
+    sp.max = x[n - 1];
+    sp.median = n % 2 ? x[n / 2] : (x[n / 2 - 1] + x[n / 2]) / 2;
+    sp.jain = sq > 0 ? sum * sum / ((double)n * sq) : -1;
+    free(x);
+    return sp;
+}
+
 /* The client side of TLS to the proxy; 0 on success. */
 static int tls_init(void) {
     g_ssl_ctx = SSL_CTX_new(TLS_client_method());
@@ -1302,8 +2165,9 @@ static int tls_init(void) {
     SSL_CTX_set_session_cache_mode(g_ssl_ctx, SSL_SESS_CACHE_OFF);
     if (O.tls_suites && SSL_CTX_set_ciphersuites(g_ssl_ctx, O.tls_suites) != 1)
         return -1;
-    static const unsigned char alpn[] = "\x08http/1.1";
-    if (SSL_CTX_set_alpn_protos(g_ssl_ctx, alpn, sizeof alpn - 1) != 0)
+    static const unsigned char alpn[] = "\x08http/1.1", alpn_h2[] = "\x02h2";
+    if (O.h2 ? SSL_CTX_set_alpn_protos(g_ssl_ctx, alpn_h2, sizeof alpn_h2 - 1) != 0
+             : SSL_CTX_set_alpn_protos(g_ssl_ctx, alpn, sizeof alpn - 1) != 0)
         return -1;
     if (O.cacert) {
         if (SSL_CTX_load_verify_locations(g_ssl_ctx, O.cacert, NULL) != 1)
@@ -1360,6 +2224,11 @@ int main(int argc, char **argv) {
             perror("loadgen: epoll_create1");
             return 1;
         }
+        if (O.mode == M_THROUGHPUT && ws[i].want > 0) {
+            ws[i].tbytes = calloc((size_t)ws[i].want, sizeof *ws[i].tbytes);
+            if (!ws[i].tbytes)
+                return 1;
+        }
         if (O.tls_resume && ws[i].want > 0) {
             ws[i].sess = calloc((size_t)ws[i].want, sizeof *ws[i].sess);
             ws[i].free_slots = calloc((size_t)ws[i].want, sizeof *ws[i].free_slots);
@@ -1378,7 +2247,7 @@ int main(int argc, char **argv) {
         fds0 = proc_fds(O.pid);
     }
     for (int i = 0; i < O.threads; i++) {
-        if (pthread_create(&ws[i].th, NULL, worker_main, &ws[i]) != 0) {
+        if (pthread_create(&ws[i].th, NULL, O.h2 ? h2_worker_main : worker_main, &ws[i]) != 0) {
             fprintf(stderr, "loadgen: pthread_create failed\n");
             atomic_store(&g_stop, 1);
             O.threads = i;
@@ -1391,6 +2260,11 @@ int main(int argc, char **argv) {
     double c0 = -1, c1 = -1;
     long rss1 = -1, fds1 = -1, rss2 = -1;
     double open_s = 0;
+    /* throughput: each tunnel's bytes at the start and the end of the window */
+    uint64_t *tb0 = calloc((size_t)O.tunnels, sizeof *tb0);
+    uint64_t *tb1 = calloc((size_t)O.tunnels, sizeof *tb1);
+    if (!tb0 || !tb1)
+        return 1;
     if (O.mode == M_THROUGHPUT || O.mode == M_IDLE) {
         /* Wait until every tunnel is up or has failed, within the open timeout. */
         double lim = t_start + O.open_timeout;
@@ -1403,6 +2277,7 @@ int main(int argc, char **argv) {
         sleep_until(now_s() + O.warmup);
         double t0 = now_s();
         b0 = SUM(bytes);
+        tunnel_bytes(ws, tb0);
         d0 = SUM(done);
         h0 = SUM(tls_done);
         r0 = SUM(tls_resumed);
@@ -1414,6 +2289,7 @@ int main(int argc, char **argv) {
         for (int i = 0; i < O.threads; i++)
             atomic_store(&ws[i].record, 0);
         b1 = SUM(bytes);
+        tunnel_bytes(ws, tb1);
         d1 = SUM(done);
         h1 = SUM(tls_done);
         r1 = SUM(tls_resumed);
@@ -1467,6 +2343,7 @@ int main(int argc, char **argv) {
         double cpu = (c0 >= 0 && c1 >= 0) ? c1 - c0 : -1;
         double cpu_per_gb = cpu >= 0 && bytes > 0 ? cpu / ((double)bytes / 1e9) : -1;
         uint64_t est = SUM(established), lost = SUM(lost);
+        struct spread sp = spread_of(tb0, tb1, wall);
         print_common("throughput", ws);
         printf(",\"tunnels\":%d,\"dir\":\"%s\",\"established\":%llu,\"lost\":%llu,"
                "\"window_s\":%.3f,\"bytes\":%llu,\"mb_per_s\":%.1f,\"proxy_cpu_s\":%.3f,"
@@ -1474,13 +2351,20 @@ int main(int argc, char **argv) {
                O.tunnels, O.up ? "up" : "down", (unsigned long long)est, (unsigned long long)lost,
                wall, (unsigned long long)bytes, mbps, cpu, cpu_per_gb,
                timed_out ? "true" : "false");
+        printf(",\"tunnel_mb_per_s_min\":%.3f,\"tunnel_mb_per_s_median\":%.3f,"
+               "\"tunnel_mb_per_s_max\":%.3f,\"jain_fairness\":%.4f",
+               sp.min, sp.median, sp.max, sp.jain);
         print_tls(ws, tls_hs, tls_res);
+        print_h2(ws);
         printf("}\n");
         fprintf(stderr, "throughput %s %s %d tunnel(s): %.1f MB/s (1 MB = 10^6 B) over %.2f s",
                 O.direct ? "direct" : "via proxy", O.up ? "up" : "down", O.tunnels, mbps, wall);
         if (cpu >= 0)
             fprintf(stderr, ", proxy CPU %.2f s = %.3f CPU-s/GB", cpu, cpu_per_gb);
         fprintf(stderr, ", %llu errors\n", (unsigned long long)errors);
+        fprintf(stderr,
+                "  per %s: min %.1f, median %.1f, max %.1f MB/s; Jain's fairness index %.4f\n",
+                O.h2 ? "stream" : "tunnel", sp.min, sp.median, sp.max, sp.jain);
         if (est < (uint64_t)O.tunnels || lost > 0 || bytes == 0)
             rc = 1;
         break;
@@ -1497,15 +2381,18 @@ int main(int argc, char **argv) {
                O.concurrency, wall, (unsigned long long)done, rate, pct(all, ns, 50),
                pct(all, ns, 99), cpu, cpu_us, timed_out ? "true" : "false");
         print_tls(ws, tls_hs, tls_res);
+        print_h2(ws);
         printf("}\n");
         fprintf(stderr,
-                "handshakes %s at concurrency %d: %.0f /s over %.2f s (connect->%s p50 %.3f ms, "
+                "%s %s at concurrency %d: %.0f /s over %.2f s (%s->%s p50 %.3f ms, "
                 "p99 %.3f ms), %llu errors\n",
-                O.direct ? "direct" : "via proxy", O.concurrency, rate, wall,
+                O.h2 ? "h2 streams" : "handshakes", O.direct ? "direct" : "via proxy",
+                O.concurrency, rate, wall, O.h2 ? "stream" : "connect",
                 O.direct ? "established" : "200", pct(all, ns, 50), pct(all, ns, 99),
                 (unsigned long long)errors);
         if (cpu >= 0)
-            fprintf(stderr, "  proxy CPU %.2f s = %.1f us per handshake\n", cpu, cpu_us);
+            fprintf(stderr, "  proxy CPU %.2f s = %.1f us per %s\n", cpu, cpu_us,
+                    O.h2 ? "stream" : "handshake");
         if (done == 0)
             rc = 1;
         break;
@@ -1517,11 +2404,13 @@ int main(int argc, char **argv) {
                O.concurrency, O.count, ns, pct(all, ns, 50), pct(all, ns, 90), pct(all, ns, 99),
                pct(all, ns, 100), timed_out ? "true" : "false");
         print_tls(ws, tls_hs, tls_res);
+        print_h2(ws);
         printf("}\n");
         fprintf(stderr,
-                "latency %s (connect->%s) at concurrency %d: p50 %.3f ms, p90 %.3f ms, "
+                "latency %s (%s->%s) at concurrency %d: p50 %.3f ms, p90 %.3f ms, "
                 "p99 %.3f ms, max %.3f ms over %ld samples, %llu errors\n",
-                O.direct ? "direct" : "via proxy", O.direct ? "established" : "200 reply",
+                O.direct ? "direct" : "via proxy", O.h2 ? "h2 stream" : "connect",
+                O.direct ? "established" : "200 reply",
                 O.concurrency, pct(all, ns, 50), pct(all, ns, 90), pct(all, ns, 99),
                 pct(all, ns, 100), ns, (unsigned long long)errors);
         if (ns < O.count || timed_out)
@@ -1543,6 +2432,7 @@ int main(int argc, char **argv) {
                (unsigned long long)lost, open_s, rss0, rss1, rss2, fds0, fds1, per_kib, per_fd,
                wall, cpu, timed_out ? "true" : "false");
         print_tls(ws, tls_hs, tls_res);
+        print_h2(ws);
         printf("}\n");
         fprintf(stderr,
                 "idle %s: %llu/%d tunnels up in %.1f s; proxy RSS %ld -> %ld KiB = %.2f "
@@ -1558,6 +2448,12 @@ int main(int argc, char **argv) {
     }
     if (O.tls && g_tls_human[0])
         fprintf(stderr, "%s\n", g_tls_human);
+    if (O.h2)
+        fprintf(stderr,
+                "  HTTP/2: %llu connection(s) up, the proxy allows %u concurrent streams, %llu "
+                "GOAWAY\n",
+                (unsigned long long)SUM(h2_conns), h2_peer_max(ws),
+                (unsigned long long)SUM(h2_goaways));
     fflush(stdout);
     return rc;
 }

@@ -119,6 +119,8 @@ static int stage_push(struct h2conn *c) {
         c->blocked = true;
     }
     c->stagelen -= (size_t)n;
+    if (tls_conn_unsent(c->tls))
+        c->blocked = true; /* TLS took it all but the socket did not: wait, then flush */
     return 0;
 }
 
