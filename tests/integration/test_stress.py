@@ -94,7 +94,7 @@ def sysctl_int(name, field=-1):
 TOOLS = {
     # name: (source, compiler flags, libraries); loadgen/target as bench/run builds them
     "loadgen": ("bench/loadgen.c", ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
-                                    "-D_GNU_SOURCE", "-pthread"], ["-lssl", "-lcrypto"]),
+                                    "-D_GNU_SOURCE", "-pthread"], ["-lssl", "-lcrypto", "-lnghttp2"]),
     "target": ("bench/target.c", ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
                                   "-D_GNU_SOURCE", "-pthread"], []),
     "integrity": ("tests/tools/integrity.c", ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror",
