@@ -1017,6 +1017,8 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents) {
         if (r < 0) {
             log_debug("h2 connection %lu: %s", c->id, nghttp2_strerror((int)r));
             bool calm = r == NGHTTP2_ERR_FLOODED || r == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS;
+            if (calm) /* nghttp2's own flood checks (e.g. ACKs a client never reads) count too */
+                STATS_INC(c[C_H2_FLOODS]);
             goaway_now(c, calm ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
             conn_close(c, calm ? "h2_flood" : "h2_protocol_error");
             return;

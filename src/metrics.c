@@ -246,7 +246,8 @@ void metrics_render(const struct stats_shm *s, bool draining, struct obuf *o) {
             "Streams opened on them: each carries one request (a CONNECT is one tunnel).",
             c->c[C_H2_STREAMS]);
     counter(o, "connectd_http2_floods_total",
-            "HTTP/2 connections sent GOAWAY (ENHANCE_YOUR_CALM) for flooding control frames.",
+            "HTTP/2 connections sent GOAWAY (ENHANCE_YOUR_CALM) for flooding: control frames, "
+            "CONTINUATION, rapid reset.",
             c->c[C_H2_FLOODS]);
     gauge(o, "connectd_pipes_pooled", "Empty splice pipes kept for reuse.",
           (double)v.g.pipes_pooled);
