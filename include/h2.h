@@ -42,6 +42,10 @@ void h2_stream_attach(struct h2stream *s, struct endpoint *e);
 
 /* Like recv(2): bytes the client sent on the stream, 0 after its END_STREAM, -1 EAGAIN. */
 ssize_t h2_stream_recv(struct h2stream *s, void *buf, size_t n);
+/* The oldest buffer of bytes the client sent on the stream (a relay buffer: the caller owns
+ * it now and puts it back in the pool), NULL when none waits: the relay takes the bytes
+ * without copying them. */
+struct buf *h2_stream_take(struct h2stream *s);
 /* Like send(2): bytes taken into the stream's send buffer, -1 EAGAIN when it is full (or
  * EPIPE when the stream is gone). */
 ssize_t h2_stream_send(struct h2stream *s, const void *buf, size_t n);

@@ -384,6 +384,18 @@ ssize_t h2_stream_recv(struct h2stream *s, void *buf, size_t n) {
     return -1;
 }
 
+struct buf *h2_stream_take(struct h2stream *s) {
+    if (s->nrx == 0)
+        return NULL;
+    struct buf *b = s->rx[0];
+    memmove(s->rx, s->rx + 1, (s->nrx - 1) * sizeof *s->rx);
+    s->nrx--;
+    consumed(s, buf_len(b));
+    if (s->nrx > 0 || s->rx_eof)
+        feed(s, false); /* level-triggered, as a socket would be */
+    return b;
+}
+
 static int rx_append(struct h2stream *s, const uint8_t *p, size_t len) {
     while (len > 0) {
         struct buf *b = s->nrx ? s->rx[s->nrx - 1] : NULL;

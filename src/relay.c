@@ -271,9 +271,15 @@ static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *s
         tp_unwatch_read(loop, src);
         return;
     }
-    ssize_t n = tp_recv(loop, src, buf_tail(b), buf_room(b));
+    struct buf *taken = src->h2 && buf_len(b) == 0 ? h2_stream_take(src->h2) : NULL;
+    if (taken) { /* an HTTP/2 stream's bytes already sit in a relay buffer: swap, no copy */
+        relay_buf_put(t->srv, b);
+        src->in = b = taken;
+    }
+    ssize_t n = taken ? (ssize_t)buf_len(b) : tp_recv(loop, src, buf_tail(b), buf_room(b));
     if (n > 0) {
-        buf_produce(b, (size_t)n);
+        if (!taken)
+            buf_produce(b, (size_t)n);
         t->last_active = ev_now(loop);
         if (n >= BULK_THRESHOLD && t->gen->cfg.relay == RELAY_AUTO && !src->copy_only)
             src->bulk = true; /* later reads, once this buffer drains, use splice */
