@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <nghttp2/nghttp2.h>
@@ -21,6 +22,10 @@
 #define READ_CHUNK  16384            /* TLS bytes handed to nghttp2 at a time */
 #define READ_ROUNDS 8                /* reads per wake-up before the other clients get a turn */
 #define SEND_ROUNDS 16
+/* While more of the connection's bytes are already waiting, a stream's bytes are handed to its
+ * relay only once this many gathered: 100 uploads interleaved 16 KiB frame by frame would
+ * otherwise reach their destinations 16 KiB per send. */
+#define HOLD_BYTES (32 * 1024)
 /* Frames that cost us work but carry no tunnel bytes (PING, SETTINGS, PRIORITY, empty DATA,
  * trailers, WINDOW_UPDATE beyond one per DATA frame we sent) a client may send per second. A
  * browser sends a handful; a flood (CVE-2019-9512/9515/9518 style) gets GOAWAY
@@ -57,6 +62,8 @@ struct h2conn {
     bool in_cb;            /* inside nghttp2 (mem_recv / send): no closing the session now */
     bool dead;             /* closing: finish the current callback, then free */
     bool read_wants_write; /* a TLS read must write first and the socket is full */
+    bool reading;          /* inside conn_read_cb's reads: small arrivals may be held */
+    struct h2stream *held; /* streams whose bytes wait for more (HOLD_BYTES) */
     ev_tstamp flood_since; /* the current second of the control-frame budget */
     unsigned flood_count;
     unsigned wu_credit;  /* WINDOW_UPDATEs earned by DATA frames we sent */
@@ -83,7 +90,10 @@ struct h2stream {
     /* client -> destination: what the client sent and the relay has not taken */
     struct buf **rx;
     size_t nrx;
+    size_t rxlen; /* bytes in rx */
     bool rx_eof;
+    bool held; /* on c->held */
+    struct h2stream *held_next;
     /* destination -> client */
     struct buf *tx;
     bool tx_eof, tx_deferred, responded;
@@ -318,10 +328,33 @@ static void rx_free(struct h2stream *s) {
     free(s->rx);
     s->rx = NULL;
     s->nrx = 0;
+    s->rxlen = 0;
+}
+
+static void unhold(struct h2stream *s) {
+    if (!s->held)
+        return;
+    for (struct h2stream **p = &s->c->held; *p; p = &(*p)->held_next)
+        if (*p == s) {
+            *p = s->held_next;
+            break;
+        }
+    s->held = false;
+}
+
+/* The held streams' bytes go to their relays now. */
+static void release_held(struct h2conn *c) {
+    while (c->held) {
+        struct h2stream *s = c->held;
+        c->held = s->held_next;
+        s->held = false;
+        feed(s, false);
+    }
 }
 
 static void stream_free(struct h2stream *s) {
     struct h2conn *c = s->c;
+    unhold(s);
     rx_free(s);
     if (s->tx)
         relay_buf_put(c->srv, s->tx);
@@ -366,6 +399,7 @@ ssize_t h2_stream_recv(struct h2stream *s, void *buf, size_t n) {
         memcpy((char *)buf + got, buf_head(b), k);
         buf_consume(b, k);
         got += k;
+        s->rxlen -= k;
         if (buf_len(b) == 0) {
             relay_buf_put(s->c->srv, b);
             memmove(s->rx, s->rx + 1, (s->nrx - 1) * sizeof *s->rx);
@@ -390,6 +424,7 @@ struct buf *h2_stream_take(struct h2stream *s) {
     struct buf *b = s->rx[0];
     memmove(s->rx, s->rx + 1, (s->nrx - 1) * sizeof *s->rx);
     s->nrx--;
+    s->rxlen -= buf_len(b);
     consumed(s, buf_len(b));
     if (s->nrx > 0 || s->rx_eof)
         feed(s, false); /* level-triggered, as a socket would be */
@@ -412,6 +447,7 @@ static int rx_append(struct h2stream *s, const uint8_t *p, size_t len) {
         size_t k = buf_append(b, p, len);
         p += k;
         len -= k;
+        s->rxlen += k;
     }
     return 0;
 }
@@ -854,6 +890,15 @@ static int data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     }
     if (rx_append(s, data, len) == -1)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    if (c->reading && s->rxlen < HOLD_BYTES && s->want_read) {
+        if (!s->held) { /* conn_read_cb hands it over once the socket has no more */
+            s->held = true;
+            s->held_next = c->held;
+            c->held = s;
+        }
+        return 0;
+    }
+    unhold(s);
     feed(s, false);
     return 0;
 }
@@ -1006,6 +1051,7 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents) {
         conn_flush(c);
         return;
     }
+    bool more = false; /* stopped with bytes still waiting: held streams may wait for them */
     for (int round = 0; round < READ_ROUNDS; round++) {
         ssize_t n = tls_conn_read(c->tls, buf, sizeof buf);
         if (n == TLS_WANT_READ)
@@ -1021,9 +1067,9 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents) {
             return;
         }
         c->last_active = ev_now(loop);
-        c->in_cb = true;
+        c->in_cb = c->reading = true;
         ssize_t r = nghttp2_session_mem_recv(c->ng, buf, (size_t)n);
-        c->in_cb = false;
+        c->in_cb = c->reading = false;
         if (!conn_after(c))
             return;
         if (r < 0) {
@@ -1037,9 +1083,18 @@ static void conn_read_cb(struct ev_loop *loop, ev_io *w, int revents) {
         }
         if (c->terminated)
             break; /* the GOAWAY is queued: read nothing more */
-        if (round == READ_ROUNDS - 1 && tls_conn_pending(c->tls))
-            ev_feed_event(loop, &c->rw, EV_READ);
+        if (round == READ_ROUNDS - 1) {
+            int queued = 0;
+            if (tls_conn_pending(c->tls)) {
+                ev_feed_event(loop, &c->rw, EV_READ);
+                more = true;
+            } else if (c->held && ioctl(c->fd, FIONREAD, &queued) == 0 && queued > 0) {
+                more = true; /* the socket wakes us again */
+            }
+        }
     }
+    if (!more)
+        release_held(c);
     conn_flush(c);
 }
 
