@@ -1208,6 +1208,10 @@ void h2_conn_start(struct server *srv, int fd, struct tls_conn *tls, const union
     STATS_INC(c[C_H2_CONNECTIONS]);
     ev_io_init(&c->rw, conn_read_cb, fd, EV_READ);
     ev_io_init(&c->ww, conn_write_cb, fd, EV_WRITE);
+    /* Kicks (conn_kick) feed ww; libev runs the newest pending event of a priority first, so at
+     * the default priority every WINDOW_UPDATE a relay's read earns would leave in its own
+     * record and send. One notch lower, ww runs after this turn's relays: one flush for all. */
+    ev_set_priority(&c->ww, -1);
     c->rw.data = c->ww.data = c;
     ev_timer_init(&c->timer, conn_timer_cb, 1.0, 0.);
     c->timer.data = c;
