@@ -46,18 +46,20 @@ struct server {
     bool has_master;         /* a worker: the master holds the sockets and counts reloads */
     struct listener **listeners;
     size_t nlisteners;
-    int spare_fd;           /* held in reserve so EMFILE can still accept-and-close */
-    struct tunnel *live;    /* every open tunnel */
-    struct h2conn *h2conns; /* HTTP/2 client connections (their streams are tunnels in live) */
-    unsigned long h2_seq;   /* numbers them for the access log */
-    struct h2conn *h2dead;  /* closed, freed by the reaper */
-    struct tunnel *dead;    /* closed, freed by reaper once the current callbacks return */
-    ev_prepare reaper;      /* runs after a loop iteration's callbacks, before it blocks */
-    unsigned active;        /* tunnels counted against max_connections */
-    unsigned tunnels;       /* established tunnels (200 sent) */
-    unsigned max_active;    /* max_connections, lowered to what the fd limit can carry */
-    unsigned refusing;      /* connections only being sent a refusal (503 at the limit) */
-    struct buf *pool;       /* free relay buffers, linked through their first bytes */
+    int spare_fd;                /* held in reserve so EMFILE can still accept-and-close */
+    struct tunnel *live;         /* every open tunnel */
+    struct h2conn *h2conns;      /* HTTP/2 client connections (their streams are tunnels in live) */
+    unsigned long h2_seq;        /* numbers them for the access log */
+    struct h2conn *h2dead;       /* closed, freed by the reaper */
+    struct tunnel *dead;         /* closed, freed by reaper once the current callbacks return */
+    ev_prepare reaper;           /* runs after a loop iteration's callbacks, before it blocks */
+    struct endpoint *read_later; /* TLS sessions holding bytes: read next turn (transport.c) */
+    ev_idle read_later_idle;
+    unsigned active;     /* tunnels counted against max_connections */
+    unsigned tunnels;    /* established tunnels (200 sent) */
+    unsigned max_active; /* max_connections, lowered to what the fd limit can carry */
+    unsigned refusing;   /* connections only being sent a refusal (503 at the limit) */
+    struct buf *pool;    /* free relay buffers, linked through their first bytes */
     size_t npool;
     int (*pipes)[2]; /* empty pipes kept for the splice path */
     size_t npipes;

@@ -49,6 +49,8 @@ struct endpoint {
     struct h2stream *h2;
     bool ktls_tx;          /* the kernel encrypts what we send on fd: write plain bytes */
     bool read_wants_write; /* a TLS read is waiting for fd to be writable */
+    bool read_later;       /* on the server's read_later list (tp_tls_read_on) */
+    struct endpoint *read_later_next;
     struct endpoint *peer;
     struct tunnel *t;
 };

@@ -22,6 +22,7 @@
 #include "log.h"
 #include "loopguard.h"
 #include "stats.h"
+#include "transport.h"
 #include "tunnel.h"
 
 static void reaper_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
@@ -314,6 +315,7 @@ int server_run(const struct server_opts *o) {
     }
     log_attach_loop(srv.loop);
     ev_prepare_init(&srv.reaper, reaper_cb);
+    tp_later_init(&srv);
     ev_init(&srv.drain_timer, drain_timeout_cb);
     ev_init(&srv.sweep_timer, sweep_cb);
     ev_timer_init(&srv.status_timer, status_cb, 0., 2.);

@@ -727,6 +727,8 @@ void tunnel_open_stream(struct server *srv, struct h2stream *s, const union sock
 static void tunnel_forget(struct tunnel *t) {
     struct server *srv = t->srv;
     ev_timer_stop(srv->loop, &t->timer);
+    tp_later_forget(&t->client);
+    tp_later_forget(&t->upstream);
     t->state = TUNNEL_CLOSED;
     if (t->ce)
         clients_release(srv->clients, t->ce, ev_now(srv->loop));
