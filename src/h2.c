@@ -70,6 +70,7 @@ struct h2conn {
     double reset_tokens; /* EARLY_RESETS_BURST bucket */
     ev_tstamp reset_at;
     bool terminated;    /* we ended the session (flood, rapid reset): read and act on nothing */
+    bool goaway_error;  /* a GOAWAY with an error code went out (ours or nghttp2's own) */
     bool partial;       /* the stage ends inside a frame of nghttp2's (send_cb took part of it) */
     bool settings_sent; /* our first SETTINGS went out (with the advertised stream limit) */
     unsigned open;      /* streams nghttp2 has open (begun, not yet closed) */
@@ -905,6 +906,8 @@ static int data_chunk_cb(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 
 static int frame_send_cb(nghttp2_session *ng, const nghttp2_frame *frame, void *user) {
     struct h2conn *c = user;
+    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR)
+        c->goaway_error = true;
     if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
         return 0;
     struct h2stream *s = stream_of(c, frame->hd.stream_id);
@@ -950,7 +953,10 @@ static void conn_check(struct h2conn *c) {
         return;
     if ((c->goaway && c->nstreams == 0) ||
         (!nghttp2_session_want_read(c->ng) && !nghttp2_session_want_write(c->ng)))
-        conn_close(c, c->goaway ? "shutdown" : "client_eof");
+        conn_close(c, c->terminated     ? "h2_flood"
+                      : c->goaway_error ? "h2_protocol_error" /* nghttp2 ended it */
+                      : c->goaway       ? "shutdown"
+                                        : "client_eof");
 }
 
 /* Close the connection's socket and session; the object itself is freed by h2_reap() once the

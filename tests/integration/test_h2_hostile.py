@@ -738,7 +738,30 @@ def test_control_frame_flood(start_proxy, certs, tcp_server, kind):
     assert settled(lambda: metric(p, "connectd_http2_floods_total")) == floods0 + 1
     if needs_stream:
         echo.wait_results(3)  # the warm-up's two and the flooded stream's tunnel
+        # the flooded stream's tunnel says why it ended
+        p.log_lines(1, 5.0, where=lambda x: x.get("reason") == "h2_flood")
     base.check_after(2 * 1024, kind)
+
+
+def test_protocol_error_by_nghttp2(start_proxy, certs, tcp_server):
+    """A connection error nghttp2 handles itself (DATA on stream 0, RFC 9113 section 6.1): GOAWAY
+    PROTOCOL_ERROR, the connection closed, and the open stream's tunnel logged with
+    reason=h2_protocol_error (it was logged client_eof before connectd looked at the GOAWAY
+    nghttp2 sent)."""
+    echo = tcp_server(echo_handler)
+    p = h2_proxy(start_proxy, certs)
+    c = raw_h2(p, certs)
+    settings_seen(c)
+    c.write(frame(HEADERS, END_HEADERS, 1, connect_block(echo.target())))
+    assert c.wait(lambda: 1 in c.responses), c.describe()
+    assert c.status(1) == 200, c.responses[1]
+    c.write(frame(DATA, 0, 0, b"x"))
+    took = c.wait_closed(5 * SLOW)
+    assert c.goaway is not None and c.goaway[1] == PROTOCOL_ERROR, c.describe()
+    assert took is not None, f"still open: {c.describe()}"
+    c.close()
+    [line] = p.log_lines(1, 5.0, where=lambda x: x.get("h2") is not None)
+    assert line["reason"] == "h2_protocol_error" and line["status"] == "200", line["_raw"]
 
 
 # ---- zero-window stall ---------------------------------------------------------------------------
