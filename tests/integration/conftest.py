@@ -379,10 +379,10 @@ def client_tls(certs):
     return tls_client_context(certs)
 
 
-def tls_listener(host, certs):
+def tls_listener(host, certs, taken=()):
     """A TLS listener for a test proxy: (listen entry "ADDR:PORT tls", PORT, the [tls]
-    overrides: the test server certificate and key)."""
-    port = free_port(host)
+    overrides: the test server certificate and key), on a port other than those taken."""
+    port = free_port(host, exclude=taken)
     return (f"{fmt_hostport(host, port)} tls", port,
             {"tls": {"certificate": certs.cert, "key": certs.key}})
 
@@ -426,7 +426,8 @@ def start_proxy(connectd_bin, tmp_path, dns, request, transport):
         tls_port = None
         forced = {}
         if transport == "tls":
-            entry, tls_port, forced = tls_listener(host, request.getfixturevalue("certs"))
+            entry, tls_port, forced = tls_listener(host, request.getfixturevalue("certs"),
+                                                   taken=(port,))
             listen_spec = f"{listen_spec}, {entry}"
         forced.update({
             "server": {"listen": listen_spec},

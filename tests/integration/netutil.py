@@ -49,14 +49,20 @@ def family_of(host):
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def free_port(host=LOOPBACK4, kind=socket.SOCK_STREAM):
-    """A port that was free a moment ago on host (racy by nature, good enough on loopback)."""
-    s = socket.socket(family_of(host), kind)
-    try:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+def free_port(host=LOOPBACK4, kind=socket.SOCK_STREAM, exclude=()):
+    """A port that was free a moment ago on host (racy by nature, good enough on loopback),
+    other than those in exclude: two calls in a row may get the same port back, which the
+    kernel freed in between (a CI run once put a plain and a tls listener on one port)."""
+    for _ in range(100):
+        s = socket.socket(family_of(host), kind)
+        try:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port not in exclude:
+            return port
+    raise RuntimeError(f"no free port on {host} outside {sorted(exclude)}")
 
 
 def closed_port(host=LOOPBACK4):

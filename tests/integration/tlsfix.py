@@ -207,7 +207,7 @@ def tls_overrides(cert, key, tls_port, plain_port=None, tls_opts="tls", tls=None
     """(overrides for start_proxy, listen spec): a plain listener first (the fixture's readiness
     probe and the tests that need a plain port use it), then 127.0.0.1:tls_port with tls_opts;
     [tls] certificate/key plus tls (dict) on top."""
-    plain_port = plain_port or free_port()
+    plain_port = plain_port or free_port(exclude=(tls_port,))
     listen = f"{LOOPBACK4}:{plain_port}, {LOOPBACK4}:{tls_port} {tls_opts}"
     sec = {"certificate": cert, "key": key}
     sec.update(tls or {})
