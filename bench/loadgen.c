@@ -1101,8 +1101,7 @@ struct h2conn {
     char why[160]; /* as a worker's err */
 };
 
-__attribute__((format(printf, 2, 3))) static void h2_failf(struct h2conn *h,
-                                                           const char *fmt, ...) {
+__attribute__((format(printf, 2, 3))) static void h2_failf(struct h2conn *h, const char *fmt, ...) {
     if (h->dead)
         return;
     h->dead = true;
@@ -1700,8 +1699,7 @@ static void h2_top_up(struct worker *w) {
             any = true;
         break;
     case M_IDLE:
-        while (w->started < w->want && w->opening < O.open_concurrency &&
-               h2_submit(w, h, -1) == 0)
+        while (w->started < w->want && w->opening < O.open_concurrency && h2_submit(w, h, -1) == 0)
             any = true;
         break;
     case M_HANDSHAKES:
@@ -1939,8 +1937,8 @@ static int parse_args(int argc, char **argv) {
         return usage("--tls is TLS to the proxy: not with --direct or --proxy-v2");
     if (O.h2 && (!O.tls || O.tls_resume))
         return usage("--h2 needs --tls, and is one connection: not with --tls-resume");
-    if (O.h2_stream_window < 65535 || O.h2_stream_window > INT32_MAX ||
-        O.h2_conn_window < 65535 || O.h2_conn_window > INT32_MAX)
+    if (O.h2_stream_window < 65535 || O.h2_stream_window > INT32_MAX || O.h2_conn_window < 65535 ||
+        O.h2_conn_window > INT32_MAX)
         return usage("--h2-stream-window and --h2-connection-window: 65535 to 2^31-1");
     int r = parse_addr(target, &O.target, &O.target_len);
     if (r == 0 && !O.direct)
@@ -2110,8 +2108,8 @@ static void print_h2(struct worker *ws) {
     printf(",\"h2\":true,\"h2_connections\":%llu,\"h2_goaways\":%llu,"
            "\"h2_max_concurrent_streams\":%u,\"h2_stream_window\":%ld,"
            "\"h2_connection_window\":%ld",
-           (unsigned long long)SUM(h2_conns), (unsigned long long)SUM(h2_goaways),
-           h2_peer_max(ws), O.h2_stream_window, O.h2_conn_window);
+           (unsigned long long)SUM(h2_conns), (unsigned long long)SUM(h2_goaways), h2_peer_max(ws),
+           O.h2_stream_window, O.h2_conn_window);
 }
 
 /* throughput: every tunnel's byte counter, worker by worker, into out[O.tunnels]. */
@@ -2410,9 +2408,9 @@ int main(int argc, char **argv) {
                 "latency %s (%s->%s) at concurrency %d: p50 %.3f ms, p90 %.3f ms, "
                 "p99 %.3f ms, max %.3f ms over %ld samples, %llu errors\n",
                 O.direct ? "direct" : "via proxy", O.h2 ? "h2 stream" : "connect",
-                O.direct ? "established" : "200 reply",
-                O.concurrency, pct(all, ns, 50), pct(all, ns, 90), pct(all, ns, 99),
-                pct(all, ns, 100), ns, (unsigned long long)errors);
+                O.direct ? "established" : "200 reply", O.concurrency, pct(all, ns, 50),
+                pct(all, ns, 90), pct(all, ns, 99), pct(all, ns, 100), ns,
+                (unsigned long long)errors);
         if (ns < O.count || timed_out)
             rc = 1;
         break;
