@@ -392,6 +392,23 @@ void h2_stream_attach(struct h2stream *s, struct endpoint *e) {
     s->t = e->t;
 }
 
+/* The oldest received buffer leaves the stream's list (the caller frees or keeps it). */
+static struct buf *rx_shift(struct h2stream *s) {
+    struct buf *b = s->rx[0];
+    memmove(s->rx, s->rx + 1, (s->nrx - 1) * sizeof *s->rx);
+    s->nrx--;
+    return b;
+}
+
+/* n bytes left the stream for the relay: credit the window, and stay readable while more is
+ * there (level-triggered, as a socket would be). */
+static void rx_taken(struct h2stream *s, size_t n) {
+    s->rxlen -= n;
+    consumed(s, n);
+    if (s->nrx > 0 || s->rx_eof)
+        feed(s, false);
+}
+
 ssize_t h2_stream_recv(struct h2stream *s, void *buf, size_t n) {
     size_t got = 0;
     while (got < n && s->nrx > 0) {
@@ -400,17 +417,11 @@ ssize_t h2_stream_recv(struct h2stream *s, void *buf, size_t n) {
         memcpy((char *)buf + got, buf_head(b), k);
         buf_consume(b, k);
         got += k;
-        s->rxlen -= k;
-        if (buf_len(b) == 0) {
-            relay_buf_put(s->c->srv, b);
-            memmove(s->rx, s->rx + 1, (s->nrx - 1) * sizeof *s->rx);
-            s->nrx--;
-        }
+        if (buf_len(b) == 0)
+            relay_buf_put(s->c->srv, rx_shift(s));
     }
     if (got > 0) {
-        consumed(s, got);
-        if (s->nrx > 0 || s->rx_eof)
-            feed(s, false); /* level-triggered, as a socket would be */
+        rx_taken(s, got);
         return (ssize_t)got;
     }
     if (s->rx_eof)
@@ -422,13 +433,8 @@ ssize_t h2_stream_recv(struct h2stream *s, void *buf, size_t n) {
 struct buf *h2_stream_take(struct h2stream *s) {
     if (s->nrx == 0)
         return NULL;
-    struct buf *b = s->rx[0];
-    memmove(s->rx, s->rx + 1, (s->nrx - 1) * sizeof *s->rx);
-    s->nrx--;
-    s->rxlen -= buf_len(b);
-    consumed(s, buf_len(b));
-    if (s->nrx > 0 || s->rx_eof)
-        feed(s, false); /* level-triggered, as a socket would be */
+    struct buf *b = rx_shift(s);
+    rx_taken(s, buf_len(b));
     return b;
 }
 
