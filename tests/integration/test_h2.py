@@ -118,12 +118,16 @@ def h2proxy(request, certs, tmp_path):
             ex.setdefault("http2", {}).update(http2)
         t = {"alpn": ALPN}
         t.update(tls or {})
-        p = tlsfix.start_tls_proxy(start_proxy, certs.cert, certs.key, tls=t, extra=ex,
-                                   wait=False)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and p.proc.poll() is None:
-            if tlsfix.wait_listening(p.tls_port, 0.1, p.proc):
+        for attempt in range(3):
+            p = tlsfix.start_tls_proxy(start_proxy, certs.cert, certs.key, tls=t, extra=ex,
+                                       wait=False)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and p.proc.poll() is None:
+                if tlsfix.wait_listening(p.tls_port, 0.1, p.proc):
+                    break
+            if p.proc.poll() is None or "Address already in use" not in p.stderr_text():
                 break
+            p.stopped = True  # a free port was taken before connectd bound it: new ports
         if p.proc.poll() is not None:
             text = p.stderr_text()
             p.stopped = True
