@@ -75,6 +75,15 @@ bool tls_conn_unsent(const struct tls_conn *s);
 /* Send what waits: 0 when nothing is left, TLS_WANT_WRITE, or -1 (errno). */
 int tls_conn_flush(struct tls_conn *s);
 
+/* Relay buffers whose records a download gathers for one send (tls_conn_gather). */
+#define TLS_GATHER_ROUNDS 4
+
+/* With on, tls_conn_write keeps its records for the caller's next writes (up to
+ * TLS_GATHER_ROUNDS relay buffers' worth; a full buffer is sent) and the caller sends them
+ * with tls_conn_flush after turning it off. Refused (false) while records already wait: the
+ * socket is slow, and a slow reader's backlog stays at one relay buffer's records. */
+bool tls_conn_gather(struct tls_conn *s, bool on);
+
 /* Send close_notify (best effort, non-blocking): the TLS end of our direction. */
 void tls_conn_close_notify(struct tls_conn *s);
 

@@ -55,6 +55,13 @@ static inline int tp_flush(struct endpoint *e) {
     return e->tls ? tp_tls_flush(e) : 0;
 }
 
+/* A download towards a TLS client gathers the records of several relay buffers read at once
+ * for one send(2): fewer sends, and fewer wake-ups of the reader. on: true when e gathers now
+ * (a TLS session with nothing unsent); off: the caller then flushes. */
+bool tp_tls_gather(struct endpoint *e, bool on);
+static inline bool tp_gather(struct endpoint *e, bool on) {
+    return e->tls && tp_tls_gather(e, on);
+}
 /* The endpoint's read and write watchers. A stream has no socket of its own: its watchers are
  * never started; h2.c feeds them while they are "on". */
 static inline void tp_watch_read(struct ev_loop *loop, struct endpoint *e) {

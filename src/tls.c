@@ -55,7 +55,8 @@ struct tls_conn {
     /* Records waiting for the socket (the out BIO): several go out in one send(2) instead
      * of a write per 16 KiB record. Allocated while bytes wait, so idle sessions hold none. */
     unsigned char *out;
-    size_t outlen, outoff;
+    size_t outlen, outoff, outcap;
+    bool gather;  /* tls_conn_gather: records wait for more, up to OUT_GATHER */
     bool own_out; /* writes go to the out BIO (else to a socket BIO: kTLS possible) */
     bool no_h2;   /* already refused: the answer goes as HTTP/1.1, so do not pick h2 */
     int deferred_ret, deferred_errno;
@@ -520,42 +521,55 @@ bool tls_ktls_available(char *why, size_t whylen) {
 
 /* ---- the out BIO: records gathered for one send(2) ---- */
 
-#define OUT_CAP      (BUF_CAP + 4 * 256) /* the records of a full relay buffer, overhead and all */
-#define OUT_POOL_MAX 64                  /* empty out buffers kept for reuse (per process) */
+#define OUT_CAP             (BUF_CAP + 4 * 256) /* the records of a full relay buffer, overhead and all */
+#define OUT_GATHER          (TLS_GATHER_ROUNDS * OUT_CAP) /* what a gathering download holds at most */
+#define OUT_POOL_MAX        64 /* empty out buffers kept for reuse (per process) */
+#define OUT_GATHER_POOL_MAX 16
 
 /* A bulk download empties and refills its out buffer on every round: reuse buffers rather
- * than asking malloc for 64 KiB each time. Idle sessions still hold none. */
-static unsigned char *out_pool[OUT_POOL_MAX];
-static size_t out_npool;
+ * than asking malloc for 64 KiB each time. Idle sessions still hold none. Gathering buffers
+ * (4 x the size) have their own, smaller pool. */
+static unsigned char *out_pool[OUT_POOL_MAX], *out_gather_pool[OUT_GATHER_POOL_MAX];
+static size_t out_npool, out_gather_npool;
 
-static unsigned char *out_get(void) {
-    return out_npool > 0 ? out_pool[--out_npool] : malloc(OUT_CAP);
+static unsigned char *out_get(size_t cap) {
+    if (cap == OUT_GATHER)
+        return out_gather_npool > 0 ? out_gather_pool[--out_gather_npool] : malloc(cap);
+    return out_npool > 0 ? out_pool[--out_npool] : malloc(cap);
 }
 
 static void out_put(struct tls_conn *s) {
-    if (s->out && out_npool < OUT_POOL_MAX)
+    if (s->out && s->outcap == OUT_GATHER && out_gather_npool < OUT_GATHER_POOL_MAX)
+        out_gather_pool[out_gather_npool++] = s->out;
+    else if (s->out && s->outcap == OUT_CAP && out_npool < OUT_POOL_MAX)
         out_pool[out_npool++] = s->out;
     else
         free(s->out);
     s->out = NULL;
-    s->outlen = s->outoff = 0;
+    s->outlen = s->outoff = s->outcap = 0;
 }
 
 static int out_write(BIO *b, const char *data, int len) {
     struct tls_conn *s = BIO_get_data(b);
     BIO_clear_retry_flags(b);
     if (!s->out) {
-        s->out = out_get();
+        size_t cap = s->gather ? OUT_GATHER : OUT_CAP;
+        s->out = out_get(cap);
         if (!s->out)
             return -1;
         s->outlen = s->outoff = 0;
+        s->outcap = cap;
     }
-    if (s->outoff > 0 && s->outlen + (size_t)len > OUT_CAP) { /* make room at the front */
+    /* Outside a gathering round a buffer holds one relay buffer's records, whatever its size:
+     * a slow reader's backlog stays bounded. */
+    size_t cap = s->gather ? s->outcap : OUT_CAP;
+    if (s->outoff > 0 && s->outlen + (size_t)len > cap) { /* make room at the front */
         memmove(s->out, s->out + s->outoff, s->outlen - s->outoff);
         s->outlen -= s->outoff;
         s->outoff = 0;
     }
-    size_t room = OUT_CAP - s->outlen, n = (size_t)len < room ? (size_t)len : room;
+    size_t room = cap > s->outlen ? cap - s->outlen : 0,
+           n = (size_t)len < room ? (size_t)len : room;
     if (n == 0) {
         BIO_set_retry_write(b); /* full: SSL_write says WANT_WRITE, the caller flushes */
         return -1;
@@ -609,6 +623,13 @@ bool tls_conn_unsent(const struct tls_conn *s) {
 
 int tls_conn_flush(struct tls_conn *s) {
     return out_flush(s);
+}
+
+bool tls_conn_gather(struct tls_conn *s, bool on) {
+    if (on && (s->out || !s->own_out))
+        return false; /* records already wait (the socket is slow), or the kernel encrypts */
+    s->gather = on;
+    return on;
 }
 
 struct tls_conn *tls_conn_new(struct tls_ctx *c, int fd, const void *pre, size_t prelen) {
@@ -834,9 +855,10 @@ ssize_t tls_conn_write(struct tls_conn *s, const void *buf, size_t n) {
         }
         return f;
     }
-    /* Everything is taken: send the records now, in as few calls as the socket allows. What
-     * does not fit waits in the out BIO (tls_conn_unsent; the relay keeps watching). */
-    if (out_flush(s) == -1)
+    /* Everything is taken: send the records now, in as few calls as the socket allows (unless
+     * gathering: then tls_conn_gather's caller flushes). What does not fit waits in the out
+     * BIO (tls_conn_unsent; the relay keeps watching). */
+    if (!s->gather && out_flush(s) == -1)
         return -1;
     return (ssize_t)done;
 }
