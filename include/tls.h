@@ -80,8 +80,10 @@ int tls_conn_flush(struct tls_conn *s);
 
 /* With on, tls_conn_write keeps its records for the caller's next writes (up to
  * TLS_GATHER_ROUNDS relay buffers' worth; a full buffer is sent) and the caller sends them
- * with tls_conn_flush after turning it off. Refused (false) while records already wait: the
- * socket is slow, and a slow reader's backlog stays at one relay buffer's records. */
+ * with tls_conn_flush after turning it off. Refused (false) while records already wait (the
+ * socket is slow). A slow reader's backlog is then at most what one gathering left
+ * (TLS_GATHER_ROUNDS relay buffers' records, about 260 KiB): writes outside a gathering fill
+ * the out buffer only up to one relay buffer's records. */
 bool tls_conn_gather(struct tls_conn *s, bool on);
 
 /* Send close_notify (best effort, non-blocking): the TLS end of our direction. */
