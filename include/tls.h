@@ -85,6 +85,8 @@ int tls_conn_flush(struct tls_conn *s);
  * (TLS_GATHER_ROUNDS relay buffers' records, about 260 KiB): writes outside a gathering fill
  * the out buffer only up to one relay buffer's records. */
 bool tls_conn_gather(struct tls_conn *s, bool on);
+/* Whether another relay buffer's records fit while gathering. */
+bool tls_conn_gather_room(const struct tls_conn *s);
 
 /* Send close_notify (best effort, non-blocking): the TLS end of our direction. */
 void tls_conn_close_notify(struct tls_conn *s);

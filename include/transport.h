@@ -62,6 +62,7 @@ bool tp_tls_gather(struct endpoint *e, bool on);
 static inline bool tp_gather(struct endpoint *e, bool on) {
     return e->tls && tp_tls_gather(e, on);
 }
+bool tp_gather_room(const struct endpoint *e);
 /* The endpoint's read and write watchers. A stream has no socket of its own: its watchers are
  * never started; h2.c feeds them while they are "on". */
 static inline void tp_watch_read(struct ev_loop *loop, struct endpoint *e) {

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -286,26 +287,28 @@ static ssize_t copy_in(struct ev_loop *loop, struct tunnel *t, struct endpoint *
     return n;
 }
 
+/* Whether more bytes wait on src's socket: its read watcher fires again next turn. */
+static bool more_waiting(const struct endpoint *src) {
+    int n = 0;
+    return ioctl(src->fd, FIONREAD, &n) == 0 && n > 0;
+}
+
 static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *src) {
     struct endpoint *dst = src->peer;
-    /* Towards a TLS client that keeps up, read on while whole buffers come and let the session
-     * gather their records for one send (tp_gather): a bulk download then costs a quarter of
-     * the sends and of the client's wake-ups. */
+    /* Towards a TLS client that keeps up, the session gathers the records of up to
+     * TLS_GATHER_ROUNDS buffers for one send while whole buffers keep coming (tp_gather): a
+     * bulk download costs a quarter of the sends and of the client's wake-ups. One buffer per
+     * loop turn, as without gathering, so that every tunnel gets the same share. */
     bool gather = !src->tls && !src->h2 && !tp_watching_write(dst) && tp_gather(dst, true);
-    ssize_t n;
-    int round;
-    for (round = 0;; round++) {
-        n = copy_in(loop, t, src);
-        if (n == -2) {
-            if (gather && t->state != TUNNEL_CLOSED) {
-                tp_gather(dst, false);
-                if (round > 0)
-                    flush(t, src); /* what earlier rounds gathered */
-            }
-            return;
+    ssize_t n = copy_in(loop, t, src);
+    if (n == -2) {
+        if (gather && t->state != TUNNEL_CLOSED) {
+            tp_gather(dst, false);
+            flush(t, src);
         }
-        if (n <= 0)
-            break;
+        return;
+    }
+    if (n > 0) {
         t->last_active = ev_now(loop);
         if (n >= BULK_THRESHOLD && t->gen->cfg.relay == RELAY_AUTO && !src->copy_only)
             src->bulk = true; /* later reads, once this buffer drains, use splice */
@@ -315,20 +318,22 @@ static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *s
                 tp_unwatch_read(loop, src);
             return;
         }
-        if (!gather || round + 1 >= TLS_GATHER_ROUNDS || (size_t)n < BUF_CAP)
-            break;
-        ssize_t left = drain_buf(t, src, dst); /* into the session's records, not sent yet */
-        if (left == -1)
-            return;
-        if (left > 0)
-            break;
-    }
-    if (gather)
-        tp_gather(dst, false);
-    if (n > 0) {
+        if (gather && more_waiting(src)) {
+            ssize_t left = drain_buf(t, src, dst); /* into the session's records, not sent */
+            if (left == -1)
+                return;
+            if (left == 0 && tp_gather_room(dst)) {
+                release_buf(t->srv, src);
+                return; /* the next turn reads on */
+            }
+        }
+        if (gather)
+            tp_gather(dst, false);
         flush(t, src);
         return;
     }
+    if (gather)
+        tp_gather(dst, false);
     if (n == 0) {
         src->eof = true;
         tp_unwatch_read(loop, src);
@@ -336,8 +341,8 @@ static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *s
         return;
     }
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
-        if (round > 0)
-            flush(t, src);              /* what earlier rounds gathered */
+        if (tp_unsent(dst) && !tp_watching_write(dst))
+            flush(t, src);              /* what earlier turns gathered */
         else if (buf_len(src->in) == 0) /* spurious wake-up: an idle tunnel holds no buffer */
             release_buf(t->srv, src);
         return;

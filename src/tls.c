@@ -626,10 +626,14 @@ int tls_conn_flush(struct tls_conn *s) {
 }
 
 bool tls_conn_gather(struct tls_conn *s, bool on) {
-    if (on && (s->out || !s->own_out))
+    if (on && !s->gather && (s->out || !s->own_out))
         return false; /* records already wait (the socket is slow), or the kernel encrypts */
     s->gather = on;
     return on;
+}
+
+bool tls_conn_gather_room(const struct tls_conn *s) {
+    return !s->out || s->outcap - s->outlen >= OUT_CAP;
 }
 
 struct tls_conn *tls_conn_new(struct tls_ctx *c, int fd, const void *pre, size_t prelen) {

@@ -96,6 +96,10 @@ bool tp_tls_gather(struct endpoint *e, bool on) {
     return !e->ktls_tx && tls_conn_gather(e->tls, on);
 }
 
+bool tp_gather_room(const struct endpoint *e) {
+    return tls_conn_gather_room(e->tls);
+}
+
 int tp_tls_flush(struct endpoint *e) {
     int r = tls_conn_flush(e->tls);
     if (r == TLS_WANT_WRITE) {
