@@ -78,12 +78,12 @@ int tls_conn_flush(struct tls_conn *s);
 /* Relay buffers whose records a download gathers for one send (tls_conn_gather). */
 #define TLS_GATHER_ROUNDS 4
 
-/* With on, tls_conn_write keeps its records for the caller's next writes (up to
- * TLS_GATHER_ROUNDS relay buffers' worth; a full buffer is sent) and the caller sends them
- * with tls_conn_flush after turning it off. Refused (false) while records already wait (the
- * socket is slow). A slow reader's backlog is then at most what one gathering left
- * (TLS_GATHER_ROUNDS relay buffers' records, about 260 KiB): writes outside a gathering fill
- * the out buffer only up to one relay buffer's records. */
+/* With on, tls_conn_write keeps its records instead of sending them: later writes (the relay's
+ * next reads, one per loop turn) add theirs, up to TLS_GATHER_ROUNDS relay buffers' worth
+ * (tls_conn_gather_room), and the caller sends them all with tls_conn_flush after turning it
+ * off. Turning it on is refused (false) while records already wait outside a gathering (the
+ * socket is slow). A slow reader's backlog is then at most what one gathering left (about
+ * 260 KiB): writes outside a gathering fill the out buffer only up to one buffer's records. */
 bool tls_conn_gather(struct tls_conn *s, bool on);
 /* Whether another relay buffer's records fit while gathering. */
 bool tls_conn_gather_room(const struct tls_conn *s);

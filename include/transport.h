@@ -55,9 +55,10 @@ static inline int tp_flush(struct endpoint *e) {
     return e->tls ? tp_tls_flush(e) : 0;
 }
 
-/* A download towards a TLS client gathers the records of several relay buffers read at once
- * for one send(2): fewer sends, and fewer wake-ups of the reader. on: true when e gathers now
- * (a TLS session with nothing unsent); off: the caller then flushes. */
+/* A download towards a TLS client gathers the records of several relay buffers (one read per
+ * loop turn) for one send(2): fewer sends, and fewer wake-ups of the reader. on: true when e
+ * gathers (a TLS session with nothing unsent, or already gathering); off: the caller then
+ * flushes. tp_gather_room: whether another buffer's records fit. */
 bool tp_tls_gather(struct endpoint *e, bool on);
 static inline bool tp_gather(struct endpoint *e, bool on) {
     return e->tls && tp_tls_gather(e, on);
