@@ -171,6 +171,37 @@ def test_echo_many_round_trips(proxy, tcp_server):
         assert c.recv_exact(len(msg)) == msg
 
 
+RESPONSE_SIZES = [65536, 65537, 4 * 65536, 5 * 65536 + 100, 1000000]
+
+
+@both_transports
+def test_responses_of_whole_buffers_arrive_without_waiting(proxy, tcp_server):
+    """A request/response exchange whose responses are whole multiples of the relay buffer (64
+    KiB) and more: the destination sends one, then waits for the client's next request. Each
+    response must arrive in full at once. Over TLS the records of several buffers are gathered
+    for one send while more waits upstream: a response whose end was gathered and never sent
+    would hang here until the idle timeout."""
+    responses = [os.urandom(n) for n in RESPONSE_SIZES]
+
+    def handler(conn, rec):
+        for r in responses:
+            if conn.recv(1) != b"?":
+                return
+            conn.sendall(r)
+        rec["done"] = True
+
+    srv = tcp_server(handler)
+    c = proxy.tunnel(srv.target())
+    for r in responses:
+        t0 = time.monotonic()
+        c.send(b"?")
+        got = c.recv_exact(len(r), timeout=5)
+        took = time.monotonic() - t0
+        assert got == r, f"response of {len(r)} B differs"
+        assert took < 2, f"response of {len(r)} B took {took:.2f} s"
+    assert srv.wait_results(1)[0]["done"]
+
+
 # ---- half-close ----------------------------------------------------------------------------
 
 
