@@ -223,10 +223,17 @@ class Proxy:
 
     def wait_ready(self, timeout=READY_TIMEOUT):
         if not wait_port(self.host, self.plain_port, timeout, self.proc, self.probes):
-            rc = self.proc.poll()
-            pytest.fail(f"connectd not accepting on {self.host}:{self.plain_port} within "
-                        f"{timeout}s (exit status {rc})\n--- config ---\n{self.config_text}\n"
-                        f"--- stderr ---\n{self.stderr_text()}")
+            self.fail_not_ready(timeout)
+
+    def fail_not_ready(self, timeout):
+        rc = self.proc.poll()
+        pytest.fail(f"connectd not accepting on {self.host}:{self.plain_port} within "
+                    f"{timeout}s (exit status {rc})\n--- config ---\n{self.config_text}\n"
+                    f"--- stderr ---\n{self.stderr_text()}")
+
+    def lost_port_race(self):
+        """connectd exited because a port probed free was taken before it bound it."""
+        return self.proc.poll() is not None and "Address already in use" in self.stderr_text()
 
     def stderr_text(self):
         try:
@@ -406,6 +413,20 @@ def start_proxy(connectd_bin, tmp_path, dns, request, transport):
 
     def make(overrides=None, base_text=None, listen=None, wait=True, dns_servers=None, env=None,
              rlimit_nofile=None):
+        # Ports probed free may be taken by another process before connectd binds them (CI saw
+        # "bind: Address already in use"): then start again on new ports, twice at most.
+        explicit = listen is not None and re.search(r":\d+$", listen.split(",")[0].strip())
+        for attempt in range(3):
+            p = start_once(overrides, base_text, listen, dns_servers, env, rlimit_nofile)
+            if not wait:
+                return p
+            if wait_port(p.host, p.plain_port, READY_TIMEOUT, p.proc, p.probes):
+                return p
+            if explicit or attempt == 2 or not p.lost_port_race():
+                p.fail_not_ready(READY_TIMEOUT)
+            p.stopped = True
+
+    def start_once(overrides, base_text, listen, dns_servers, env, rlimit_nofile):
         n = len(procs)
         host = LOOPBACK4
         if listen is not None and listen.startswith("["):
@@ -446,8 +467,6 @@ def start_proxy(connectd_bin, tmp_path, dns, request, transport):
         procs.append(p)
         if tls_port is not None:
             p.use_tls(tls_port, request.getfixturevalue("client_tls"))
-        if wait:
-            p.wait_ready()
         return p
 
     yield make

@@ -313,3 +313,35 @@ def test_ini_overrides():
     assert "allow_ports" not in out
     assert out.index("deny_private = no") > out.index("[access]")
     assert out.rstrip().endswith("[dns]\nservers = 127.0.0.1:5")
+
+
+# ---- start_proxy ---------------------------------------------------------------------------
+
+
+def test_start_proxy_starts_again_when_a_probed_port_was_taken(start_proxy, monkeypatch):
+    """The first port start_proxy probes free is bound by another socket before connectd binds
+    it (the race CI once lost; a socket bound, not listening, as a client's is): connectd exits
+    with "Address already in use", and the fixture starts it again on a new port instead of
+    failing the test. (A port taken by another listener cannot be told apart this way: the
+    readiness probe would reach that listener.)"""
+    import conftest
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    real = conftest.free_port
+    handed = []
+
+    def first_one_taken(host="127.0.0.1", kind=socket.SOCK_STREAM, exclude=()):
+        handed.append(port if not handed else real(host, kind, exclude))
+        return handed[-1]
+
+    monkeypatch.setattr(conftest, "free_port", first_one_taken)
+    try:
+        p = start_proxy()
+        assert handed[0] == port and p.port != port, handed
+        c = p.client()
+        c.sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert c.recv(64, timeout=5).startswith(b"HTTP/1.1 ")
+    finally:
+        taken.close()
