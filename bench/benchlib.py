@@ -92,6 +92,34 @@ def port_free(port):
         s.close()
 
 
+
+def refuse_busy_ports_and_trap_sigterm(ports, tmp, name):
+    """The start of a measuring run: exit (tmp removed) when one of its loopback ports is in
+    use, and make SIGTERM end the run as Ctrl-C does (the caller's finally cleans up). Returns
+    the list SIGTERM appends its signal number to."""
+    busy = [p for p in ports if not port_free(p)]
+    if busy:
+        shutil.rmtree(tmp, ignore_errors=True)
+        sys.exit(f"{name}: loopback ports {busy} are in use; use --port-base")
+    stop_req = []
+
+    def on_term(sig, frame):
+        stop_req.append(sig)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    return stop_req
+
+
+def add_connectd_args(ap, commit_env):
+    """--connectd-bin [CONNECTD_BIN] and --connectd-commit [commit_env]: the connectd a run
+    measures instead of `make` in the work tree."""
+    ap.add_argument("--connectd-bin", default=env("CONNECTD_BIN", ""),
+                    help="benchmark this binary instead of running make [CONNECTD_BIN]")
+    ap.add_argument("--connectd-commit", default=env(commit_env, ""),
+                    help="benchmark a clean build of this commit (e.g. HEAD), made in a "
+                         f"temporary git worktree, instead of running make [{commit_env}]")
+
 def wait_port(port, proc, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -70,9 +70,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (FD_LIMIT, ROOT, Started, add_noise_args, add_window_args,  # noqa: E402
+from benchlib import (add_connectd_args, refuse_busy_ports_and_trap_sigterm,  # noqa: E402
+                      FD_LIMIT, ROOT, Started, add_noise_args, add_window_args,
                       build_tools, cell, cmd_out, connectd_binary, cpu_model, env, loadgen_checked,
-                      loadgen_json, machine_busy_s, md_table, med, port_free, proc_cpu_s,
+                      loadgen_json, machine_busy_s, md_table, med, proc_cpu_s,
                       proc_tree, repo_state, retry_noisy, self_and_children_cpu_s, verdict,
                       wait_port, wait_quiet, _child_setup)
 
@@ -703,12 +704,7 @@ def parse_args():
                     help="output file (default build/bench/chain-results.txt) [CHAIN_RESULTS]")
     ap.add_argument("--squid", default=env("SQUID", ""),
                     help="the squid binary (default: squid on PATH, /usr/sbin, /sbin) [SQUID]")
-    ap.add_argument("--connectd-bin", default=env("CONNECTD_BIN", ""),
-                    help="benchmark this binary instead of running make [CONNECTD_BIN]")
-    ap.add_argument("--connectd-commit", default=env("CHAIN_CONNECTD_COMMIT", ""),
-                    help="benchmark a clean build of this commit (e.g. HEAD), made in a "
-                         "temporary git worktree, instead of running make in the work tree "
-                         "[CHAIN_CONNECTD_COMMIT]")
+    add_connectd_args(ap, "CHAIN_CONNECTD_COMMIT")
     ap.add_argument("--hold", help=argparse.SUPPRESS)  # the holder child
     return ap.parse_args()
 
@@ -752,18 +748,7 @@ def main():
     binary = os.path.abspath(binary)
     build_tools(bin_dir, log, beside="chain")
     b = Bench(a, tmp, bin_dir, binary, squid)
-    busy = [p for p in b.ports() if not port_free(p)]
-    if busy:
-        shutil.rmtree(tmp, ignore_errors=True)
-        sys.exit(f"chain-bench: loopback ports {busy} are in use; use --port-base")
-
-    stop_req = []
-
-    def on_term(sig, frame):
-        stop_req.append(sig)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_req = refuse_busy_ports_and_trap_sigterm(b.ports(), tmp, "chain-bench")
     t_start = time.monotonic()
     commit, dirty = repo_state()
     chain = pp = None

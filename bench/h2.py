@@ -60,7 +60,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -69,8 +68,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (ROOT, add_noise_args, build_tools, cell, cmd_out,  # noqa: E402
-                      connectd_binary, cpu_model, env, fmt, md_table, med, port_free, repo_state,
+from benchlib import (add_connectd_args, refuse_busy_ports_and_trap_sigterm,  # noqa: E402
+                      ROOT, add_noise_args, build_tools, cell, cmd_out,
+                      connectd_binary, cpu_model, env, fmt, md_table, med, repo_state,
                       verdict, wait_quiet)
 import tls  # noqa: E402  (its Bench: processes, the check, loadgen runs; its certificate)
 
@@ -409,11 +409,7 @@ def parse_args():
                     help="no loadgen run starts after this many minutes [H2_MAX_MINUTES]")
     ap.add_argument("--results", default=env("H2_RESULTS", ""),
                     help="output file (default build/bench/h2-results.txt) [H2_RESULTS]")
-    ap.add_argument("--connectd-bin", default=env("CONNECTD_BIN", ""),
-                    help="benchmark this binary instead of running make [CONNECTD_BIN]")
-    ap.add_argument("--connectd-commit", default=env("H2_CONNECTD_COMMIT", ""),
-                    help="benchmark a clean build of this commit (e.g. HEAD), made in a "
-                         "temporary git worktree [H2_CONNECTD_COMMIT]")
+    add_connectd_args(ap, "H2_CONNECTD_COMMIT")
     a = ap.parse_args()
     base = QUICK if a.quick else NORMAL
     for k, d in base.items():
@@ -451,18 +447,7 @@ def main():
     build_tools(bin_dir, log, beside="h2")
     cert, key, fingerprint = tls.make_cert(tmp)
     b = H2Bench(a, tmp, bin_dir, binary, cert, key)
-    busy = [p for p in b.ports() if not port_free(p)]
-    if busy:
-        shutil.rmtree(tmp, ignore_errors=True)
-        sys.exit(f"h2-bench: loopback ports {busy} are in use; use --port-base")
-
-    stop_req = []
-
-    def on_term(sig, frame):
-        stop_req.append(sig)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_req = refuse_busy_ports_and_trap_sigterm(b.ports(), tmp, "h2-bench")
     t_start = time.monotonic()
     commit, dirty = repo_state()
     values = {}

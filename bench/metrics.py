@@ -63,9 +63,10 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (ROOT, Started, add_noise_args, add_window_args, build_commit,  # noqa: E402
+from benchlib import (add_connectd_args, refuse_busy_ports_and_trap_sigterm,  # noqa: E402
+                      ROOT, Started, add_noise_args, add_window_args, build_commit,
                       build_tools, cell, cmd_out, connectd_binary, cpu_model, env, fmt,
-                      loadgen_checked, loadgen_json, machine_busy_s, md_table, med, port_free,
+                      loadgen_checked, loadgen_json, machine_busy_s, md_table, med,
                       proc_tree, repo_state, retry_noisy, self_and_children_cpu_s, verdict,
                       wait_port, wait_quiet, _child_setup)
 
@@ -905,12 +906,7 @@ def parse_args():
     ap.add_argument("--results", default=env("METRICS_RESULTS", ""),
                     help="output file (default build/bench/metrics-results.txt) "
                          "[METRICS_RESULTS]")
-    ap.add_argument("--connectd-bin", default=env("CONNECTD_BIN", ""),
-                    help="benchmark this binary instead of running make [CONNECTD_BIN]")
-    ap.add_argument("--connectd-commit", default=env("METRICS_CONNECTD_COMMIT", ""),
-                    help="benchmark a clean build of this commit (e.g. HEAD), made in a "
-                         "temporary git worktree, instead of running make in the work tree "
-                         "[CONNECTD_COMMIT]")
+    add_connectd_args(ap, "METRICS_CONNECTD_COMMIT")
     # the probe child
     ap.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--probe-proxy", type=int, help=argparse.SUPPRESS)
@@ -952,18 +948,7 @@ def main():
     build_tools(bin_dir, log)
     b = Bench(a, tmp, bin_dir)
     ports = [b.P_SINK, b.P_ECHO] + list(b.PORTS.values()) + list(b.ADMIN.values())
-    busy = [p for p in ports if not port_free(p)]
-    if busy:
-        shutil.rmtree(tmp, ignore_errors=True)
-        sys.exit(f"metrics-bench: loopback ports {busy} are in use; use --port-base")
-
-    stop_req = []
-
-    def on_term(sig, frame):
-        stop_req.append(sig)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_req = refuse_busy_ports_and_trap_sigterm(ports, tmp, "metrics-bench")
     t_start = time.monotonic()
     commit, dirty = repo_state()
     base_bin = base_desc = None

@@ -71,7 +71,6 @@ import pwd
 import resource
 import selectors
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -80,9 +79,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (FD_LIMIT, ROOT, Started, add_noise_args, build_tools, cell,  # noqa: E402
+from benchlib import (add_connectd_args, refuse_busy_ports_and_trap_sigterm,  # noqa: E402
+                      FD_LIMIT, ROOT, Started, add_noise_args, build_tools, cell,
                       cmd_out, connectd_binary, cpu_model, env, fmt, loadgen_checked,
-                      loadgen_json, machine_busy_s, md_table, med, port_free, repo_state,
+                      loadgen_json, machine_busy_s, md_table, med, repo_state,
                       retry_noisy, self_and_children_cpu_s, verdict, wait_port, wait_quiet,
                       _child_setup)
 from chain import hold_main  # noqa: E402  (the holder: one process tree per system)
@@ -794,11 +794,7 @@ def parse_args():
                     help="output file (default build/bench/tls-results.txt) [TLS_RESULTS]")
     ap.add_argument("--squid", default=env("SQUID", ""),
                     help="the squid binary (default: squid on PATH, /usr/sbin) [SQUID]")
-    ap.add_argument("--connectd-bin", default=env("CONNECTD_BIN", ""),
-                    help="benchmark this binary instead of running make [CONNECTD_BIN]")
-    ap.add_argument("--connectd-commit", default=env("TLS_CONNECTD_COMMIT", ""),
-                    help="benchmark a clean build of this commit (e.g. HEAD), made in a "
-                         "temporary git worktree [TLS_CONNECTD_COMMIT]")
+    add_connectd_args(ap, "TLS_CONNECTD_COMMIT")
     ap.add_argument("--hold", help=argparse.SUPPRESS)  # the holder child
     a = ap.parse_args()
     if a.hold:
@@ -874,18 +870,7 @@ def main():
                               "squid-openssl; the GnuTLS one, package squid, is installed: "
                               "apt-get install squid-openssl)")
         systems = [s for s in systems if s != "squid"]
-    busy = [p for p in b.ports() if not port_free(p)]
-    if busy:
-        shutil.rmtree(tmp, ignore_errors=True)
-        sys.exit(f"tls-bench: loopback ports {busy} are in use; use --port-base")
-
-    stop_req = []
-
-    def on_term(sig, frame):
-        stop_req.append(sig)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_req = refuse_busy_ports_and_trap_sigterm(b.ports(), tmp, "tls-bench")
     t_start = time.monotonic()
     commit, dirty = repo_state()
     values = {}
