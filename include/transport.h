@@ -96,13 +96,14 @@ static inline bool tp_watching_write(const struct endpoint *e) {
     return e->h2 ? h2_stream_watching_write(e->h2) : ev_is_active(&e->ww);
 }
 
-/* Start reading e. A TLS session may hold bytes it already took from the socket: then the read
- * watcher is fed at once, since the socket itself may never become readable again. */
 /* The server's watcher that reads, next loop turn, the TLS sessions tp_tls_read_on put off. */
 void tp_later_init(struct server *srv);
 /* e leaves that list (its tunnel is closing: it must not be fed once freed). */
 void tp_later_forget(struct endpoint *e);
 
+/* Start reading e. A TLS session may hold bytes it already took from the socket: then its read
+ * watcher is fed next loop turn (tp_tls_read_on), since the socket itself may never become
+ * readable again. */
 static inline void tp_read_on(struct ev_loop *loop, struct endpoint *e) {
     tp_watch_read(loop, e);
     if (e->tls)

@@ -25,7 +25,6 @@
 #include "http.h"
 #include "log.h"
 #include "stats.h"
-#include "tls.h"
 #include "transport.h"
 #include "tunnel.h"
 
