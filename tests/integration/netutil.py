@@ -2,6 +2,7 @@
 CONNECT client (plain TCP, or TLS to an HTTPS-proxy listener) and an HTTP response-head parser.
 Loopback only; every wait is bounded."""
 
+import collections
 import hashlib
 import os
 import re
@@ -49,10 +50,15 @@ def family_of(host):
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+# Ports free_port handed out lately (in this process): the kernel may give a port it just freed
+# to the next bind(0), so two calls in a row could return the same one (CI once put a plain and a
+# tls listener on one port, and once an admin listener on the plain one).
+_handed = collections.deque(maxlen=1024)
+
+
 def free_port(host=LOOPBACK4, kind=socket.SOCK_STREAM, exclude=()):
     """A port that was free a moment ago on host (racy by nature, good enough on loopback),
-    other than those in exclude: two calls in a row may get the same port back, which the
-    kernel freed in between (a CI run once put a plain and a tls listener on one port)."""
+    other than those in exclude and than the last 1,024 this function returned."""
     for _ in range(100):
         s = socket.socket(family_of(host), kind)
         try:
@@ -60,7 +66,8 @@ def free_port(host=LOOPBACK4, kind=socket.SOCK_STREAM, exclude=()):
             port = s.getsockname()[1]
         finally:
             s.close()
-        if port not in exclude:
+        if port not in exclude and port not in _handed:
+            _handed.append(port)
             return port
     raise RuntimeError(f"no free port on {host} outside {sorted(exclude)}")
 

@@ -345,3 +345,29 @@ def test_start_proxy_starts_again_when_a_probed_port_was_taken(start_proxy, monk
         assert c.recv(64, timeout=5).startswith(b"HTTP/1.1 ")
     finally:
         taken.close()
+
+
+def test_free_port_does_not_hand_out_a_port_twice(monkeypatch):
+    """The kernel may give the port it just freed to the next bind(0): free_port must not return
+    it again (CI once got an admin listener on the plain listener's port that way)."""
+    import netutil
+
+    given = iter([40001, 40001, 40001, 40002])
+
+    class FakeSocket:
+        def __init__(self, *args):
+            self.port = next(given)
+
+        def bind(self, addr):
+            pass
+
+        def getsockname(self):
+            return ("127.0.0.1", self.port)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(netutil.socket, "socket", FakeSocket)
+    netutil._handed.clear()
+    assert netutil.free_port() == 40001
+    assert netutil.free_port() == 40002
