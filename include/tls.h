@@ -14,6 +14,8 @@
 
 #include "config.h"
 
+struct ev_loop;
+
 #define TLS_TICKET_PERIOD 3600 /* a ticket opens for one to two periods */
 
 struct tls_ctx;
@@ -43,10 +45,12 @@ void tls_ctx_free(struct tls_ctx *c);
 /* One certificate's summary for the log: subject, serial and expiry. */
 void tls_ctx_describe(const struct tls_ctx *c, char *out, size_t outlen);
 
-/* A server session on fd (non-blocking, already accepted). pre: bytes of the client's first
+/* A server session on fd (non-blocking, already accepted, watched by loop: a read that found
+ * the socket empty is not repeated before loop polls again). pre: bytes of the client's first
  * flight already read from fd (after a PROXY header), taken before fd's. NULL when out of
  * memory. */
-struct tls_conn *tls_conn_new(struct tls_ctx *c, int fd, const void *pre, size_t prelen);
+struct tls_conn *tls_conn_new(struct tls_ctx *c, struct ev_loop *loop, int fd, const void *pre,
+                              size_t prelen);
 void tls_conn_free(struct tls_conn *s);
 
 /* Results of the calls below that may have to wait. */

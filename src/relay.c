@@ -213,7 +213,10 @@ static int flush(struct tunnel *t, struct endpoint *src) {
     struct ev_loop *loop = t->srv->loop;
     ssize_t left = 0;
     size_t cap = 0;
-    if (tp_unsent(dst) && tp_flush(dst) == -1 && errno != EAGAIN) {
+    /* Records the transport still holds go first. When src has bytes for dst they go along in
+     * the same send (the session ticket with the 200): the transport keeps the order. */
+    bool more = src->in && buf_len(src->in) > 0;
+    if (tp_unsent(dst) && !more && tp_flush(dst) == -1 && errno != EAGAIN) {
         tunnel_close(t, reset_reason(t, dst));
         return -1;
     }
@@ -319,7 +322,8 @@ static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *s
                 tp_unwatch_read(loop, src);
             return;
         }
-        if (gather && more_waiting(src)) {
+        /* A read that did not fill the buffer emptied the socket: no need to ask. */
+        if (gather && buf_room(src->in) == 0 && more_waiting(src)) {
             ssize_t left = drain_buf(t, src, dst); /* into the session's records, not sent */
             if (left == -1)
                 return;

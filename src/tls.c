@@ -25,6 +25,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
+#include <ev.h>
+
 #include "log.h"
 #include "text.h"
 
@@ -49,6 +51,9 @@ struct tls_conn {
     SSL *ssl;
     BIO *pre; /* bytes read before the session existed; the socket's turn comes after */
     int fd;
+    struct ev_loop *loop;
+    bool dry; /* the socket ran dry in loop turn dry_turn (the in BIO) */
+    unsigned dry_turn;
     bool truncated;
     bool broken;   /* a protocol error or reset: the session must not be resumed */
     bool deferred; /* a read returned data, then met the end or an error: next call says so */
@@ -58,6 +63,7 @@ struct tls_conn {
     size_t outlen, outoff, outcap;
     bool gather;  /* tls_conn_gather: records wait for more, up to OUT_GATHER */
     bool own_out; /* writes go to the out BIO (else to a socket BIO: kTLS possible) */
+    bool ktls;    /* and reads through a socket BIO too */
     bool no_h2;   /* already refused: the answer goes as HTTP/1.1, so do not pick h2 */
     int deferred_ret, deferred_errno;
     char err[120];
@@ -617,6 +623,73 @@ static int out_flush(struct tls_conn *s) {
     return 0;
 }
 
+/* ---- the in BIO: the socket, not read again in a turn it ran dry ---- */
+
+/* OpenSSL reads again after every flight of the handshake and every record it completes, and
+ * that read usually finds nothing: a read that returned less than it asked for (or EAGAIN) has
+ * emptied the socket, so until the loop polls again the answer is "try again" without the
+ * syscall (three fewer per handshake, one per upload event). Bytes that arrive meanwhile are
+ * not missed: the caller waits for the level-triggered read watcher, which reports them at the
+ * next poll. */
+static int in_read(BIO *b, char *buf, int len) {
+    struct tls_conn *s = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    unsigned turn = ev_iteration(s->loop);
+    if (s->dry && s->dry_turn == turn) {
+        BIO_set_retry_read(b);
+        errno = EAGAIN;
+        return -1;
+    }
+    ssize_t n;
+    do
+        n = recv(s->fd, buf, (size_t)len, 0);
+    while (n == -1 && errno == EINTR);
+    if (n == 0) {
+        BIO_set_flags(b, BIO_FLAGS_IN_EOF); /* what libssl asks (BIO_eof) to tell EOF apart */
+        return 0;
+    }
+    if (n == -1 && errno != EAGAIN && errno != EWOULDBLOCK)
+        return -1;
+    if (n == -1)
+        BIO_set_retry_read(b);
+    if (n < len) {
+        s->dry = true;
+        s->dry_turn = turn;
+    }
+    return (int)n;
+}
+
+static long in_ctrl(BIO *b, int cmd, long num, void *ptr) {
+    (void)num;
+    (void)ptr;
+    if (cmd == BIO_CTRL_EOF)
+        return BIO_test_flags(b, BIO_FLAGS_IN_EOF) != 0;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static BIO_METHOD *in_method(void) {
+    static BIO_METHOD *m;
+    if (!m) {
+        m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "connectd-in");
+        if (m && (!BIO_meth_set_read(m, in_read) || !BIO_meth_set_ctrl(m, in_ctrl))) {
+            BIO_meth_free(m);
+            m = NULL;
+        }
+    }
+    return m;
+}
+
+/* The BIO OpenSSL reads s's socket with: a socket BIO when the kernel may take the session
+ * over (kTLS wants one), else the in BIO. */
+static BIO *socket_reader(struct tls_conn *s, bool ktls) {
+    BIO *r = ktls ? BIO_new_socket(s->fd, BIO_NOCLOSE) : BIO_new(in_method());
+    if (r && !ktls) {
+        BIO_set_data(r, s);
+        BIO_set_init(r, 1);
+    }
+    return r;
+}
+
 bool tls_conn_unsent(const struct tls_conn *s) {
     return s->outoff < s->outlen;
 }
@@ -636,18 +709,21 @@ bool tls_conn_gather_room(const struct tls_conn *s) {
     return !s->out || s->outcap - s->outlen >= OUT_CAP;
 }
 
-struct tls_conn *tls_conn_new(struct tls_ctx *c, int fd, const void *pre, size_t prelen) {
+struct tls_conn *tls_conn_new(struct tls_ctx *c, struct ev_loop *loop, int fd, const void *pre,
+                              size_t prelen) {
     struct tls_conn *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->fd = fd;
+    s->loop = loop;
+    s->ktls = c->ktls;
     s->ssl = SSL_new(c->ssl);
     if (!s->ssl)
         goto fail;
     /* Writes gather in the out BIO, unless the kernel may take over the encryption (kTLS
      * needs OpenSSL to own a socket BIO). */
     BIO *w = c->ktls ? BIO_new_socket(fd, BIO_NOCLOSE) : BIO_new(out_method());
-    BIO *r = prelen == 0 ? BIO_new_socket(fd, BIO_NOCLOSE) : BIO_new(BIO_s_mem());
+    BIO *r = prelen == 0 ? socket_reader(s, c->ktls) : BIO_new(BIO_s_mem());
     if (!w || !r || (prelen > 0 && BIO_write(r, pre, (int)prelen) != (int)prelen)) {
         BIO_free(w);
         BIO_free(r);
@@ -679,7 +755,7 @@ fail:
 static bool pre_drained(struct tls_conn *s) {
     if (!s->pre || BIO_ctrl_pending(s->pre) > 0)
         return false;
-    BIO *sock = BIO_new_socket(s->fd, BIO_NOCLOSE);
+    BIO *sock = socket_reader(s, s->ktls);
     if (!sock)
         return false;            /* out of memory: try again at the next event */
     SSL_set0_rbio(s->ssl, sock); /* frees the memory BIO */

@@ -465,7 +465,7 @@ static void tls_begin(struct tunnel *t, const char *pre, size_t prelen) {
         tunnel_close(t, "tls_handshake_failed");
         return;
     }
-    t->client.tls = tls_conn_new(t->gen->tls, t->client.fd, pre, prelen);
+    t->client.tls = tls_conn_new(t->gen->tls, loop, t->client.fd, pre, prelen);
     if (!t->client.tls) {
         log_error("out of memory for a TLS session");
         tunnel_close(t, "out_of_memory");
