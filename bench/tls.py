@@ -24,7 +24,10 @@ Figures (build/bench/loadgen --tls, the order of the systems rotated each round,
 rounds; medians; a quiet-machine wait before each figure, a noisy run is run again once):
   hs_full      TLS handshakes/s at 64 concurrent, each a new TLS session: TCP connect, TLS
                handshake, CONNECT, 200, a 64-byte echo, close_notify + close; with the proxy's
-               CPU per handshake (one untimed 2 s round per system first, as bench.py)
+               CPU per handshake (one untimed 2 s round per system first, as bench.py); 2
+               loadgen threads (--threads-hs): one thread of an OpenSSL client spends about as
+               much per full handshake as the proxy, and alone it ran at 0.95-0.98 of a core,
+               so the client set the pace
   hs_resumed   the same, each connection slot resuming the session of its previous connection
                (loadgen --tls-resume); the share actually resumed is reported
   latency      one at a time, --latency-count timed (after a tenth, at most 100, untimed):
@@ -559,7 +562,7 @@ DisableViaHeader Yes
     def hs_args(self, seconds, warmup, resume):
         return ["handshakes", "--concurrency", str(self.a.concurrency), "--target",
                 f"127.0.0.1:{self.P_ECHO}", "--seconds", str(seconds), "--warmup",
-                str(warmup)] + (["--tls-resume"] if resume else [])
+                str(warmup), "--threads", str(self.a.threads_hs)] + (["--tls-resume"] if resume else [])
 
     @staticmethod
     def add(v, row, system, x):
@@ -762,6 +765,8 @@ def parse_args():
     ap.add_argument("--idle-tunnels", type=int,
                     help="idle TLS tunnels opened [TLS_IDLE_TUNNELS] (1000)")
     ap.add_argument("--idle-hold", type=float, help="seconds they are held [TLS_IDLE_HOLD] (1)")
+    ap.add_argument("--threads-hs", type=int, default=int(env("LOADGEN_THREADS_HS", 2)),
+                    help="loadgen threads for the handshake runs [LOADGEN_THREADS_HS]")
     ap.add_argument("--threads-multi", type=int, default=int(env("LOADGEN_THREADS_MULTI", 2)),
                     help="loadgen threads for the 8-tunnel runs [LOADGEN_THREADS_MULTI]")
     ap.add_argument("--no-warmup-round", dest="warmup_round", action="store_false",
@@ -822,7 +827,8 @@ def main():
     if not (0 < a.repeats <= 100 and 0 < a.seconds <= 600 and 0 <= a.warmup <= 60 and
             0 < a.concurrency <= 10000 and 0 < a.latency_count <= 1000000 and
             0 < a.idle_tunnels <= 9000 and 0 <= a.idle_hold <= 60 and
-            1 <= a.threads_multi <= 16 and 1024 < a.port_base <= 65400 and
+            1 <= a.threads_multi <= 16 and 1 <= a.threads_hs <= 16 and
+            1024 < a.port_base <= 65400 and
             0 <= a.quiet_wait <= 3600 and 0 <= a.noisy_retries <= 5 and
             0 < a.max_minutes <= 600):
         sys.exit("tls-bench: an option is out of range")
@@ -936,7 +942,7 @@ def main():
     tls_desc = "; ".join(negotiated(s, i) for s, i in b.tls_info.items())
     method = (f"{a.repeats} interleaved round(s) (the order rotated each round); "
               f"{a.seconds:g} s windows after {a.warmup:g} s warm-up; {a.concurrency} handshakes "
-              f"in flight; latency over {a.latency_count} handshakes one at a time; "
+              f"in flight over {a.threads_hs} loadgen thread(s); latency over {a.latency_count} handshakes one at a time; "
               f"{a.idle_tunnels} idle TLS tunnels; loadgen offers "
               f"{a.suites or 'OpenSSL default TLS 1.3 suites'}; 1 MB = 10^6 bytes; cells are median "
               f"(min-max), "
