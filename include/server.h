@@ -61,6 +61,8 @@ struct server {
     unsigned refusing;   /* connections only being sent a refusal (503 at the limit) */
     struct buf *pool;    /* free relay buffers, linked through their first bytes */
     size_t npool;
+    struct buf *pool_big; /* the same, of BUF_CAP_BIG */
+    size_t npool_big;
     int (*pipes)[2]; /* empty pipes kept for the splice path */
     size_t npipes;
     struct client_table *clients; /* NULL unless a per-client limit is set */

@@ -80,7 +80,7 @@ bool tls_conn_unsent(const struct tls_conn *s);
 int tls_conn_flush(struct tls_conn *s);
 
 /* Relay buffers whose records a download gathers for one send (tls_conn_gather). */
-#define TLS_GATHER_ROUNDS 4
+#define TLS_GATHER_ROUNDS 2
 
 /* With on, tls_conn_write keeps its records instead of sending them: later writes (the relay's
  * next reads, one per loop turn) add theirs, up to TLS_GATHER_ROUNDS relay buffers' worth

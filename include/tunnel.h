@@ -131,7 +131,8 @@ int relay_start(struct tunnel *t, const char *reply, size_t replylen, const char
 /* Buffers and pipes for the relay come from small per-server pools. Give back an endpoint's
  * buffer and pipe (a pipe still holding bytes is closed, not pooled). */
 void relay_release(struct server *srv, struct endpoint *e);
-struct buf *relay_buf_get(struct server *srv);
+struct buf *relay_buf_get(struct server *srv);     /* BUF_CAP */
+struct buf *relay_buf_get_big(struct server *srv); /* BUF_CAP_BIG */
 void relay_buf_put(struct server *srv, struct buf *b);
 void relay_pool_free(struct server *srv);
 

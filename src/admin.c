@@ -811,6 +811,6 @@ void admin_close_all(struct server *srv) {
 
 void admin_publish(struct server *srv) {
     stats_set(&stats_me->g.pipes_pooled, (int64_t)srv->npipes);
-    stats_set(&stats_me->g.buffers_pooled, (int64_t)srv->npool);
+    stats_set(&stats_me->g.buffers_pooled, (int64_t)(srv->npool + srv->npool_big));
     stats_read_process(&stats_me->g);
 }

@@ -251,7 +251,8 @@ void metrics_render(const struct stats_shm *s, bool draining, struct obuf *o) {
             c->c[C_H2_FLOODS]);
     gauge(o, "connectd_pipes_pooled", "Empty splice pipes kept for reuse.",
           (double)v.g.pipes_pooled);
-    gauge(o, "connectd_buffers_pooled", "Free 64 KiB relay buffers kept for reuse.",
+    gauge(o, "connectd_buffers_pooled",
+          "Free relay buffers kept for reuse (64 KiB; 256 KiB for downloads to TLS clients).",
           (double)v.g.buffers_pooled);
     family(o, "connectd_admin_requests_total", "counter",
            "Requests to the admin listener, by response status.");

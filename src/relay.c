@@ -29,6 +29,7 @@
 #include "tunnel.h"
 
 #define POOL_MAX       64            /* free buffers kept for reuse */
+#define POOL_BIG_MAX   32            /* free big buffers kept for reuse (8 MiB) */
 #define PIPE_POOL_MAX  64            /* free pipes kept for reuse */
 #define PIPE_SIZE      (1024 * 1024) /* bytes a pipe may hold (F_SETPIPE_SZ; best effort) */
 #define BULK_THRESHOLD (BUF_CAP / 4) /* a copy read this large moves the direction to splice */
@@ -38,28 +39,46 @@
 
 /* ---- pools ---- */
 
-struct buf *relay_buf_get(struct server *srv) {
-    struct buf *b = srv->pool;
+static struct buf *pool_get(struct buf **pool, size_t *npool, size_t cap) {
+    struct buf *b = *pool;
     if (b) {
-        memcpy(&srv->pool, b->data, sizeof srv->pool);
-        srv->npool--;
-        b->start = b->end = 0;
-        return b;
+        memcpy(pool, b->data, sizeof *pool);
+        (*npool)--;
+    } else if (!(b = malloc(sizeof *b + cap))) {
+        return NULL;
     }
-    b = malloc(sizeof *b);
-    if (b)
-        b->start = b->end = 0;
+    b->start = b->end = 0;
+    b->cap = cap;
     return b;
 }
 
+static void pool_free(struct buf **pool) {
+    while (*pool) {
+        struct buf *b = *pool;
+        memcpy(pool, b->data, sizeof *pool);
+        free(b);
+    }
+}
+
+struct buf *relay_buf_get(struct server *srv) {
+    return pool_get(&srv->pool, &srv->npool, BUF_CAP);
+}
+
+struct buf *relay_buf_get_big(struct server *srv) {
+    return pool_get(&srv->pool_big, &srv->npool_big, BUF_CAP_BIG);
+}
+
 void relay_buf_put(struct server *srv, struct buf *b) {
-    if (srv->npool >= POOL_MAX) {
+    bool big = b->cap == BUF_CAP_BIG;
+    struct buf **pool = big ? &srv->pool_big : &srv->pool;
+    size_t *npool = big ? &srv->npool_big : &srv->npool;
+    if (*npool >= (big ? POOL_BIG_MAX : POOL_MAX)) {
         free(b);
         return;
     }
-    memcpy(b->data, &srv->pool, sizeof srv->pool);
-    srv->pool = b;
-    srv->npool++;
+    memcpy(b->data, pool, sizeof *pool);
+    *pool = b;
+    (*npool)++;
 }
 
 static int pipe_get(struct server *srv, int p[2]) {
@@ -106,12 +125,9 @@ void relay_release(struct server *srv, struct endpoint *e) {
 }
 
 void relay_pool_free(struct server *srv) {
-    while (srv->pool) {
-        struct buf *b = srv->pool;
-        memcpy(&srv->pool, b->data, sizeof srv->pool);
-        free(b);
-    }
-    srv->npool = 0;
+    pool_free(&srv->pool);
+    pool_free(&srv->pool_big);
+    srv->npool = srv->npool_big = 0;
     for (size_t i = 0; i < srv->npipes; i++) {
         close(srv->pipes[i][0]);
         close(srv->pipes[i][1]);
@@ -221,8 +237,8 @@ static int flush(struct tunnel *t, struct endpoint *src) {
         return -1;
     }
     if (src->in) {
+        cap = src->in->cap;
         left = drain_buf(t, src, dst);
-        cap = BUF_CAP;
     } else if (src->piped > 0) {
         left = drain_pipe(t, src, dst);
         cap = PIPE_SIZE;
@@ -233,7 +249,7 @@ static int flush(struct tunnel *t, struct endpoint *src) {
         t->last_active = ev_now(loop);
         tp_watch_write(loop, dst);
         tunnel_watch_stall(t);
-        if (src->in && (size_t)left == BUF_CAP)
+        if (src->in && (size_t)left == src->in->cap)
             tp_unwatch_read(loop, src); /* full: a read would have no room */
         else if (!src->eof && (size_t)left <= cap / 2 && (size_t)left <= RESUME_AT)
             tp_read_on(loop, src);
@@ -263,7 +279,9 @@ static int flush(struct tunnel *t, struct endpoint *src) {
  * -2 when there was nothing to do (out of room: reading stopped; or the tunnel closed). */
 static ssize_t copy_in(struct ev_loop *loop, struct tunnel *t, struct endpoint *src) {
     if (!src->in) {
-        src->in = relay_buf_get(t->srv);
+        /* Towards a TLS client whose records OpenSSL builds here, read in big gulps. */
+        bool big = !src->tls && !src->h2 && src->peer->tls && !src->peer->ktls_tx;
+        src->in = big ? relay_buf_get_big(t->srv) : relay_buf_get(t->srv);
         if (!src->in) {
             log_error("out of memory for a relay buffer");
             tunnel_close(t, "out_of_memory");
@@ -318,7 +336,7 @@ static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *s
             src->bulk = true; /* later reads, once this buffer drains, use splice */
         if (!gather && tp_watching_write(dst)) {
             /* The peer is not writable yet: keep filling, stop when full. */
-            if (buf_len(src->in) == BUF_CAP)
+            if (buf_len(src->in) == src->in->cap)
                 tp_unwatch_read(loop, src);
             return;
         }

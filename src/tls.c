@@ -527,14 +527,17 @@ bool tls_ktls_available(char *why, size_t whylen) {
 
 /* ---- the out BIO: records gathered for one send(2) ---- */
 
-#define OUT_CAP             (BUF_CAP + 4 * 256) /* the records of a full relay buffer, overhead and all */
-#define OUT_GATHER          (TLS_GATHER_ROUNDS * OUT_CAP) /* what a gathering download holds at most */
-#define OUT_POOL_MAX        64 /* empty out buffers kept for reuse (per process) */
+/* OUT_CAP: the records of a full (big) relay buffer, overhead and all; OUT_GATHER: what a
+ * gathering download holds at most. Empty buffers are kept for reuse (per process: 8 MiB of
+ * each kind at most). */
+#define OUT_CAP             (BUF_CAP_BIG + 16 * 256)
+#define OUT_GATHER          (TLS_GATHER_ROUNDS * OUT_CAP)
+#define OUT_POOL_MAX        32
 #define OUT_GATHER_POOL_MAX 16
 
 /* A bulk download empties and refills its out buffer on every round: reuse buffers rather
- * than asking malloc for 64 KiB each time. Idle sessions still hold none. Gathering buffers
- * (4 x the size) have their own, smaller pool. */
+ * than asking malloc for a relay buffer's records each time. Idle sessions still hold none.
+ * Gathering buffers (4 x the size) have their own, smaller pool. */
 static unsigned char *out_pool[OUT_POOL_MAX], *out_gather_pool[OUT_GATHER_POOL_MAX];
 static size_t out_npool, out_gather_npool;
 

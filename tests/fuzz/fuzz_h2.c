@@ -398,10 +398,11 @@ void gen_unref(struct gen *g) {
 }
 
 struct buf *relay_buf_get(struct server *s) {
-    struct buf *b = malloc(sizeof *b);
+    struct buf *b = malloc(sizeof *b + BUF_CAP);
     CHECK(s == &srv && b);
     in.bufs++;
     b->start = b->end = 0;
+    b->cap = BUF_CAP;
     return b;
 }
 

@@ -171,14 +171,16 @@ def test_echo_many_round_trips(proxy, tcp_server):
         assert c.recv_exact(len(msg)) == msg
 
 
-RESPONSE_SIZES = [65536, 65537, 4 * 65536, 5 * 65536 + 100, 1000000]
+BUF_CAP, BUF_CAP_BIG = 64 * 1024, 256 * 1024  # include/buf.h: one read (towards a TLS client)
+RESPONSE_SIZES = [BUF_CAP, BUF_CAP + 1, 4 * BUF_CAP, 5 * BUF_CAP + 100, BUF_CAP_BIG + 1,
+                  2 * BUF_CAP_BIG, 3 * BUF_CAP_BIG, 1000000]
 
 
 @both_transports
 def test_responses_of_whole_buffers_arrive_without_waiting(proxy, tcp_server):
     """A request/response exchange whose responses are whole multiples of the relay buffer (64
-    KiB) and more: the destination sends one, then waits for the client's next request. Each
-    response must arrive in full at once. Over TLS the records of several buffers are gathered
+    KiB; 256 KiB towards a TLS client) and more: the destination sends one, then waits for the
+    client's next request. Each response must arrive in full at once. Over TLS the records of several buffers are gathered
     for one send while more waits upstream: a response whose end was gathered and never sent
     would hang here until the idle timeout."""
     responses = [os.urandom(n) for n in RESPONSE_SIZES]
