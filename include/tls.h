@@ -79,7 +79,9 @@ bool tls_conn_unsent(const struct tls_conn *s);
 /* Send what waits: 0 when nothing is left, TLS_WANT_WRITE, or -1 (errno). */
 int tls_conn_flush(struct tls_conn *s);
 
-/* Relay buffers whose records a download gathers for one send (tls_conn_gather). */
+/* Relay buffers (BUF_CAP_BIG: 256 KiB reads) whose records a download gathers for one send
+ * (tls_conn_gather). Two: with 64 KiB reads four gathered were worth it; with 256 KiB reads
+ * a third and fourth saved little (BENCHMARKS.md, 2026-12-04, night) and cost 512 KiB each. */
 #define TLS_GATHER_ROUNDS 2
 
 /* With on, tls_conn_write keeps its records instead of sending them: later writes (the relay's
@@ -87,7 +89,7 @@ int tls_conn_flush(struct tls_conn *s);
  * (tls_conn_gather_room), and the caller sends them all with tls_conn_flush after turning it
  * off. Turning it on is refused (false) while records already wait outside a gathering (the
  * socket is slow). A slow reader's backlog is then at most what one gathering left (about
- * 260 KiB): writes outside a gathering fill the out buffer only up to one buffer's records. */
+ * 520 KiB): writes outside a gathering fill the out buffer only up to one buffer's records. */
 bool tls_conn_gather(struct tls_conn *s, bool on);
 /* Whether another relay buffer's records fit while gathering. */
 bool tls_conn_gather_room(const struct tls_conn *s);

@@ -317,7 +317,7 @@ static void read_copy(struct ev_loop *loop, struct tunnel *t, struct endpoint *s
     struct endpoint *dst = src->peer;
     /* Towards a TLS client that keeps up, the session gathers the records of up to
      * TLS_GATHER_ROUNDS buffers for one send while more keeps waiting upstream (tp_gather): a
-     * bulk download costs a quarter of the sends and of the client's wake-ups. One read per
+     * bulk download costs half the sends and of the client's wake-ups. One read per
      * loop turn, as without gathering, so that every tunnel gets the same share (reading 4
      * buffers in one turn gave a tunnel with more queued upstream 2-3 x the others' rate). */
     bool gather = !src->tls && !src->h2 && !tp_watching_write(dst) && tp_gather(dst, true);
