@@ -595,15 +595,23 @@ static long out_ctrl(BIO *b, int cmd, long num, void *ptr) {
     return cmd == BIO_CTRL_FLUSH ? 1 : 0; /* we flush ourselves, at the right moments */
 }
 
+/* A BIO method with a read or a write function and a ctrl; NULL when out of memory. */
+static BIO_METHOD *bio_method(const char *name, int (*rd)(BIO *, char *, int),
+                              int (*wr)(BIO *, const char *, int),
+                              long (*ctrl)(BIO *, int, long, void *)) {
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, name);
+    if (m && ((rd && !BIO_meth_set_read(m, rd)) || (wr && !BIO_meth_set_write(m, wr)) ||
+              !BIO_meth_set_ctrl(m, ctrl))) {
+        BIO_meth_free(m);
+        m = NULL;
+    }
+    return m;
+}
+
 static BIO_METHOD *out_method(void) {
     static BIO_METHOD *m;
-    if (!m) {
-        m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "connectd-out");
-        if (m && (!BIO_meth_set_write(m, out_write) || !BIO_meth_set_ctrl(m, out_ctrl))) {
-            BIO_meth_free(m);
-            m = NULL;
-        }
-    }
+    if (!m)
+        m = bio_method("connectd-out", NULL, out_write, out_ctrl);
     return m;
 }
 
@@ -672,13 +680,8 @@ static long in_ctrl(BIO *b, int cmd, long num, void *ptr) {
 
 static BIO_METHOD *in_method(void) {
     static BIO_METHOD *m;
-    if (!m) {
-        m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "connectd-in");
-        if (m && (!BIO_meth_set_read(m, in_read) || !BIO_meth_set_ctrl(m, in_ctrl))) {
-            BIO_meth_free(m);
-            m = NULL;
-        }
-    }
+    if (!m)
+        m = bio_method("connectd-in", in_read, NULL, in_ctrl);
     return m;
 }
 
