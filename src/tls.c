@@ -537,7 +537,7 @@ bool tls_ktls_available(char *why, size_t whylen) {
 
 /* A bulk download empties and refills its out buffer on every round: reuse buffers rather
  * than asking malloc for a relay buffer's records each time. Idle sessions still hold none.
- * Gathering buffers (4 x the size) have their own, smaller pool. */
+ * Gathering buffers (TLS_GATHER_ROUNDS x the size) have their own, smaller pool. */
 static unsigned char *out_pool[OUT_POOL_MAX], *out_gather_pool[OUT_GATHER_POOL_MAX];
 static size_t out_npool, out_gather_npool;
 
@@ -688,7 +688,8 @@ static BIO_METHOD *in_method(void) {
 /* The BIO OpenSSL reads s's socket with: a socket BIO when the kernel may take the session
  * over (kTLS wants one), else the in BIO. */
 static BIO *socket_reader(struct tls_conn *s, bool ktls) {
-    BIO *r = ktls ? BIO_new_socket(s->fd, BIO_NOCLOSE) : BIO_new(in_method());
+    BIO_METHOD *m = ktls ? NULL : in_method();
+    BIO *r = ktls ? BIO_new_socket(s->fd, BIO_NOCLOSE) : m ? BIO_new(m) : NULL;
     if (r && !ktls) {
         BIO_set_data(r, s);
         BIO_set_init(r, 1);
@@ -728,7 +729,8 @@ struct tls_conn *tls_conn_new(struct tls_ctx *c, struct ev_loop *loop, int fd, c
         goto fail;
     /* Writes gather in the out BIO, unless the kernel may take over the encryption (kTLS
      * needs OpenSSL to own a socket BIO). */
-    BIO *w = c->ktls ? BIO_new_socket(fd, BIO_NOCLOSE) : BIO_new(out_method());
+    BIO_METHOD *om = c->ktls ? NULL : out_method();
+    BIO *w = c->ktls ? BIO_new_socket(fd, BIO_NOCLOSE) : om ? BIO_new(om) : NULL;
     BIO *r = prelen == 0 ? socket_reader(s, c->ktls) : BIO_new(BIO_s_mem());
     if (!w || !r || (prelen > 0 && BIO_write(r, pre, (int)prelen) != (int)prelen)) {
         BIO_free(w);
