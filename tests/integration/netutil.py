@@ -5,6 +5,7 @@ Loopback only; every wait is bounded."""
 import collections
 import hashlib
 import os
+import random
 import re
 import socket
 import ssl
@@ -56,14 +57,34 @@ def family_of(host):
 _handed = collections.deque(maxlen=1024)
 
 
+# Ports are taken below the kernel's ephemeral range (ip_local_port_range) when it leaves room:
+# a port bind(0) hands out is one the kernel may give any outgoing connection as its local port
+# before the daemon binds it (CI lost that race: "[admin] listen ...: Address already in use").
+# Below the range only an explicit bind takes a port.
+PORT_FLOOR = 10000
+
+
+def ephemeral_floor():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port(host=LOOPBACK4, kind=socket.SOCK_STREAM, exclude=()):
     """A port that was free a moment ago on host (racy by nature, good enough on loopback),
-    other than those in exclude and than the last 1,024 this function returned."""
-    for _ in range(100):
+    other than those in exclude and than the last 1,024 this function returned; below the
+    ephemeral range when there is room (PORT_FLOOR up to it), else one bind(0) gives."""
+    top = ephemeral_floor()
+    for _ in range(200):
+        want = random.randrange(PORT_FLOOR, top) if top > PORT_FLOOR + 2048 else 0
         s = socket.socket(family_of(host), kind)
         try:
-            s.bind((host, 0))
+            s.bind((host, want))
             port = s.getsockname()[1]
+        except OSError:
+            continue  # in use: another one
         finally:
             s.close()
         if port not in exclude and port not in _handed:
