@@ -126,8 +126,8 @@
 #define HDR_CAP     2048
 #define MAX_THREADS 16
 #define MAX_SAMPLES (4 * 1024 * 1024)
-#define MAX_STARTS  20000000L /* connections one worker starts in a run, at most */
-#define PROXYV2_MAX 52        /* 16-byte fixed part + two IPv6 addresses and ports */
+#define MAX_STARTS  20000000L   /* connections one worker starts in a run, at most */
+#define PROXYV2_MAX 52          /* 16-byte fixed part + two IPv6 addresses and ports */
 #define READ_AHEAD  (64 * 1024) /* TLS read buffer: records taken per recv(2) */
 
 enum mode { M_THROUGHPUT = 1, M_HANDSHAKES, M_LATENCY, M_IDLE };
