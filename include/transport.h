@@ -28,10 +28,15 @@ static inline ssize_t tp_recv(struct ev_loop *loop, struct endpoint *e, void *bu
     return tp_tls_recv(loop, e, buf, n);
 }
 
+/* Whether bytes sent to e become TLS records here, in user space (not the kernel's kTLS). */
+static inline bool tp_user_records(const struct endpoint *e) {
+    return e->tls && !e->ktls_tx;
+}
+
 /* Like send(2) without SIGPIPE: > 0 bytes accepted, -1 with errno (EAGAIN: wait for the write
  * watcher). */
 static inline ssize_t tp_send(struct endpoint *e, const void *buf, size_t n) {
-    if (!e->tls || e->ktls_tx)
+    if (!tp_user_records(e))
         return !e->h2 ? send(e->fd, buf, n, MSG_NOSIGNAL) : h2_stream_send(e->h2, buf, n);
     return tp_tls_send(e, buf, n);
 }

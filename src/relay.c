@@ -280,7 +280,7 @@ static int flush(struct tunnel *t, struct endpoint *src) {
 static ssize_t copy_in(struct ev_loop *loop, struct tunnel *t, struct endpoint *src) {
     if (!src->in) {
         /* Towards a TLS client whose records OpenSSL builds here, read in big gulps. */
-        bool big = !src->tls && !src->h2 && src->peer->tls && !src->peer->ktls_tx;
+        bool big = !src->tls && !src->h2 && tp_user_records(src->peer);
         src->in = big ? relay_buf_get_big(t->srv) : relay_buf_get(t->srv);
         if (!src->in) {
             log_error("out of memory for a relay buffer");

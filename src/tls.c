@@ -62,8 +62,7 @@ struct tls_conn {
     unsigned char *out;
     size_t outlen, outoff, outcap;
     bool gather;  /* tls_conn_gather: records wait for more, up to OUT_GATHER */
-    bool own_out; /* writes go to the out BIO (else to a socket BIO: kTLS possible) */
-    bool ktls;    /* and reads through a socket BIO too */
+    bool own_out; /* writes go to the out BIO, reads to the in BIO (else socket BIOs: kTLS) */
     bool no_h2;   /* already refused: the answer goes as HTTP/1.1, so do not pick h2 */
     int deferred_ret, deferred_errno;
     char err[120];
@@ -685,12 +684,14 @@ static BIO_METHOD *in_method(void) {
     return m;
 }
 
-/* The BIO OpenSSL reads s's socket with: a socket BIO when the kernel may take the session
- * over (kTLS wants one), else the in BIO. */
-static BIO *socket_reader(struct tls_conn *s, bool ktls) {
-    BIO_METHOD *m = ktls ? NULL : in_method();
-    BIO *r = ktls ? BIO_new_socket(s->fd, BIO_NOCLOSE) : m ? BIO_new(m) : NULL;
-    if (r && !ktls) {
+/* The BIO OpenSSL reads s's socket with: the in BIO, or a socket BIO when the kernel may take
+ * the session over (kTLS wants one). */
+static BIO *socket_reader(struct tls_conn *s) {
+    if (!s->own_out)
+        return BIO_new_socket(s->fd, BIO_NOCLOSE);
+    BIO_METHOD *m = in_method();
+    BIO *r = m ? BIO_new(m) : NULL;
+    if (r) {
         BIO_set_data(r, s);
         BIO_set_init(r, 1);
     }
@@ -723,24 +724,23 @@ struct tls_conn *tls_conn_new(struct tls_ctx *c, struct ev_loop *loop, int fd, c
         return NULL;
     s->fd = fd;
     s->loop = loop;
-    s->ktls = c->ktls;
+    s->own_out = !c->ktls;
     s->ssl = SSL_new(c->ssl);
     if (!s->ssl)
         goto fail;
     /* Writes gather in the out BIO, unless the kernel may take over the encryption (kTLS
      * needs OpenSSL to own a socket BIO). */
-    BIO_METHOD *om = c->ktls ? NULL : out_method();
-    BIO *w = c->ktls ? BIO_new_socket(fd, BIO_NOCLOSE) : om ? BIO_new(om) : NULL;
-    BIO *r = prelen == 0 ? socket_reader(s, c->ktls) : BIO_new(BIO_s_mem());
+    BIO_METHOD *om = s->own_out ? out_method() : NULL;
+    BIO *w = !s->own_out ? BIO_new_socket(fd, BIO_NOCLOSE) : om ? BIO_new(om) : NULL;
+    BIO *r = prelen == 0 ? socket_reader(s) : BIO_new(BIO_s_mem());
     if (!w || !r || (prelen > 0 && BIO_write(r, pre, (int)prelen) != (int)prelen)) {
         BIO_free(w);
         BIO_free(r);
         goto fail;
     }
-    if (!c->ktls) {
+    if (s->own_out) {
         BIO_set_data(w, s);
         BIO_set_init(w, 1);
-        s->own_out = true;
     }
     if (prelen > 0) {
         BIO_set_mem_eof_return(r, -1); /* empty is "try again", not the end */
@@ -763,7 +763,7 @@ fail:
 static bool pre_drained(struct tls_conn *s) {
     if (!s->pre || BIO_ctrl_pending(s->pre) > 0)
         return false;
-    BIO *sock = socket_reader(s, s->ktls);
+    BIO *sock = socket_reader(s);
     if (!sock)
         return false;            /* out of memory: try again at the next event */
     SSL_set0_rbio(s->ssl, sock); /* frees the memory BIO */
