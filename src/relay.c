@@ -218,6 +218,8 @@ static ssize_t drain_pipe(struct tunnel *t, struct endpoint *src, struct endpoin
         }
         src->piped -= (size_t)n;
         count_sent(t, dst, (size_t)n);
+        if (src->piped > 0)
+            break; /* a short splice means the socket buffer is full: skip the EAGAIN call */
     }
     return (ssize_t)src->piped;
 }
@@ -241,7 +243,6 @@ static int flush(struct tunnel *t, struct endpoint *src) {
         left = drain_buf(t, src, dst);
     } else if (src->piped > 0) {
         left = drain_pipe(t, src, dst);
-        cap = PIPE_SIZE;
     }
     if (left == -1)
         return -1;
@@ -249,8 +250,8 @@ static int flush(struct tunnel *t, struct endpoint *src) {
         t->last_active = ev_now(loop);
         tp_watch_write(loop, dst);
         tunnel_watch_stall(t);
-        if (src->in && (size_t)left == src->in->cap)
-            tp_unwatch_read(loop, src); /* full: a read would have no room */
+        if (!src->in || (size_t)left == cap)
+            tp_unwatch_read(loop, src); /* a pipe drains first; a full buffer has no room */
         else if (!src->eof && (size_t)left <= cap / 2 && (size_t)left <= RESUME_AT)
             tp_read_on(loop, src);
         return 0;
@@ -391,8 +392,10 @@ static void read_splice(struct ev_loop *loop, struct tunnel *t, struct endpoint 
             break;
         src->piped += (size_t)n;
         t->last_active = ev_now(loop);
-        if (tp_watching_write(src->peer))
-            return; /* the peer is not writable yet: keep filling until the pipe says full */
+        if (tp_watching_write(src->peer)) {
+            tp_unwatch_read(loop, src);
+            return;
+        }
         if (flush(t, src) == -1 || src->piped > 0 || round + 1 >= SPLICE_ROUNDS ||
             (size_t)n < SPLICE_MORE)
             return; /* closed, peer full, fair share used, or a short read drained the socket */
@@ -443,7 +446,14 @@ static void write_cb(struct ev_loop *loop, ev_io *w, int revents) {
         dst->read_wants_write = false;
         tp_read_on(loop, dst);
     }
-    flush(dst->t, dst->peer);
+    struct endpoint *src = dst->peer;
+    bool was_piped = src->piped > 0;
+    if (flush(dst->t, src) == -1)
+        return;
+    /* The pipe drained and reading resumed: src's socket filled while dst was full, so read
+     * now instead of after another trip through epoll. */
+    if (was_piped && src->piped == 0 && ev_is_active(&src->rw))
+        read_cb(loop, &src->rw, EV_READ);
 }
 
 static int seed(struct server *srv, struct endpoint *e, const char *p, size_t n) {
