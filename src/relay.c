@@ -7,9 +7,12 @@
  * fewest syscalls for small exchanges, and moves to splice once one read fills a large share of
  * a buffer. Only one of the two holds bytes of a direction at any time, so order is kept.
  *
- * Backpressure: while a buffer or pipe is full its reader is stopped; it restarts when the
- * writer has drained half of it. Half-close: EOF on one side becomes shutdown(SHUT_WR) on the
- * other once that direction is drained, while the other direction keeps flowing. Buffers and
+ * Backpressure: while a buffer is full its reader is stopped; it restarts when the writer has
+ * drained half of it. A pipe direction relays like a blocking splice relay: read, write all,
+ * stop reading while the peer is full, and read again (straight from the write callback, not
+ * via another epoll round) once the pipe drained; filling a pipe behind a full peer cost a
+ * splice and an epoll_wait per few KiB. Half-close: EOF on one side becomes shutdown(SHUT_WR) on
+ * the other once that direction is drained, while the other direction keeps flowing. Buffers and
  * pipes are taken from pools while bytes are in flight and given back as soon as they drain,
  * so idle tunnels hold neither. */
 #include <errno.h>
