@@ -723,16 +723,10 @@ void tunnel_open_stream(struct server *srv, struct h2stream *s, const union sock
     request_progress(t);
 }
 
-/* Unlink a tunnel that leaves without a close: its client became something else (h2.c). */
-static void tunnel_forget(struct tunnel *t) {
+/* Move a tunnel from the live list to the dead one: tunnel_reap frees it once the loop has
+ * left every callback that may still hold it. */
+static void tunnel_bury(struct tunnel *t) {
     struct server *srv = t->srv;
-    ev_timer_stop(srv->loop, &t->timer);
-    tp_later_forget(&t->client);
-    tp_later_forget(&t->upstream);
-    t->state = TUNNEL_CLOSED;
-    if (t->ce)
-        clients_release(srv->clients, t->ce, ev_now(srv->loop));
-    t->ce = NULL;
     if (srv->cursors)
         admin_tunnel_gone(srv, t);
     if (t->prev)
@@ -745,6 +739,19 @@ static void tunnel_forget(struct tunnel *t) {
     srv->dead = t;
     if (!ev_is_active(&srv->reaper))
         ev_prepare_start(srv->loop, &srv->reaper);
+}
+
+/* Unlink a tunnel that leaves without a close: its client became something else (h2.c). */
+static void tunnel_forget(struct tunnel *t) {
+    struct server *srv = t->srv;
+    ev_timer_stop(srv->loop, &t->timer);
+    tp_later_forget(&t->client);
+    tp_later_forget(&t->upstream);
+    t->state = TUNNEL_CLOSED;
+    if (t->ce)
+        clients_release(srv->clients, t->ce, ev_now(srv->loop));
+    t->ce = NULL;
+    tunnel_bury(t);
 }
 
 static void access_line(struct tunnel *t, const char *reason) {
@@ -849,18 +856,7 @@ void tunnel_close(struct tunnel *t, const char *reason) {
         /* No answer, or a 200 the client never got (the access log says status=0 then). */
         STATS_INC(outcome[OUTCOME_ABORTED]);
     }
-    if (srv->cursors)
-        admin_tunnel_gone(srv, t);
-    if (t->prev)
-        t->prev->next = t->next;
-    else
-        srv->live = t->next;
-    if (t->next)
-        t->next->prev = t->prev;
-    t->next = srv->dead;
-    srv->dead = t;
-    if (!ev_is_active(&srv->reaper))
-        ev_prepare_start(srv->loop, &srv->reaper);
+    tunnel_bury(t);
 }
 
 void tunnel_reap(struct server *srv) {
