@@ -21,41 +21,12 @@ import urllib.request
 import pytest
 
 from authfix import make_hash, write_users
+from clientproc import PROXY_VARS, clean_env, describe, need, run
 from netutil import LOOPBACK4, free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELLO = b"hello through the tunnel\n"
 HELLO_REQUEST = b"GET /hello.txt HTTP/1.0\r\n\r\n"
-RUN_TIMEOUT = 60  # seconds for any one client process
-
-PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
-
-
-def clean_env(**extra):
-    """os.environ without any proxy variable (any case), plus extra."""
-    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
-    env.update(extra)
-    return env
-
-
-def need(tool):
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} is not installed (scripts/install-deps test installs it)")
-    return path
-
-
-def run(args, timeout=RUN_TIMEOUT, env=None, **kw):
-    """subprocess.run, bounded, output captured, no proxy variables unless env says so."""
-    return subprocess.run(args, capture_output=True, timeout=timeout,
-                          env=env if env is not None else clean_env(), **kw)
-
-
-def describe(r):
-    return (f"exit {r.returncode}\n--- stdout ---\n{r.stdout[-3000:]!r}\n"
-            f"--- stderr ---\n{r.stderr.decode(errors='replace')[-3000:]}")
-
-
 def tunnel_line(p, target, user=None, n=1):
     """The access-log line(s) of successful tunnels to target (bounded wait); asserts there is
     at least n and returns the last one."""

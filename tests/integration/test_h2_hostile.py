@@ -39,6 +39,7 @@ hpack = pytest.importorskip("hpack")
 from adminutil import admin_section  # noqa: E402
 from h2client import H2Client  # noqa: E402
 from netutil import LOOPBACK4, parse_proxy_status  # noqa: E402
+from procstat import fd_count, sanitized, wait_fds  # noqa: E402
 from promutil import scrape  # noqa: E402
 from servers import echo_handler  # noqa: E402
 import tlsfix  # noqa: E402
@@ -337,24 +338,6 @@ class RawH2:
 
 
 # ---- the daemon, its measurements, the normal client --------------------------------------------
-
-
-def sanitized(pid):
-    with open(f"/proc/{pid}/maps") as f:
-        return "libasan" in f.read()
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_fds(pid, want, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        n = fd_count(pid)
-        if n <= want or time.monotonic() > deadline:
-            return n
-        time.sleep(0.05)
 
 
 def h2_proxy(start_proxy, certs, http2=None, timeouts=None, extra=None):

@@ -24,6 +24,7 @@ import time
 import pytest
 
 from netutil import LOOPBACK4, free_port, wait_port
+from procstat import fd_count, sanitized
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -52,10 +53,6 @@ def hwm_kb(pid):
     return proc_status_kb(pid, "VmHWM")
 
 
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
 def cpu_s(pid):
     """utime + stime of the process, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -73,15 +70,6 @@ def settled_baseline(p):
     p.settle()
     time.sleep(0.2)
     return snapshot(p.pid)
-
-
-def sanitized(pid):
-    """True when the proxy runs under AddressSanitizer (make asan): its allocator keeps freed
-    memory in a quarantine (256 MiB by default) and maps shadow memory, so RSS measures ASan,
-    not connectd. The memory bounds of the churn and integrity tests are then reported, not
-    asserted (the release build asserts them), and the CPU bound is relaxed."""
-    with open(f"/proc/{pid}/maps") as f:
-        return "libasan" in f.read()
 
 
 def sysctl_int(name, field=-1):

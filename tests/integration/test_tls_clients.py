@@ -29,6 +29,7 @@ import time
 import pytest
 
 from authfix import basic, make_hash, write_users
+from clientproc import clean_env, describe, need, run
 from conftest import BASE_CONFIG, merge, render_ini
 from netutil import LOOPBACK4, Client, check_refusal, free_port
 from promutil import scrape
@@ -38,37 +39,12 @@ from tlsfix import TLSClient, client_context, start_tls_proxy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELLO = b"hello through the tunnel\n"
-RUN_TIMEOUT = 60
 CHALLENGE = 'Basic realm="connectd", charset="UTF-8"'
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 ORIGIN_NAMES = ("origin-a.test", "origin-b.test")
-PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy")
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
-    env.update(extra)
-    return env
-
-
-def need(tool):
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} is not installed (scripts/install-deps test installs it)")
-    return path
-
-
-def run(args, timeout=RUN_TIMEOUT, env=None, **kw):
-    return subprocess.run(args, capture_output=True, timeout=timeout,
-                          env=env if env is not None else clean_env(), **kw)
-
-
-def describe(r):
-    return (f"exit {r.returncode}\n--- stdout ---\n{r.stdout[-3000:]!r}\n"
-            f"--- stderr ---\n{r.stderr.decode(errors='replace')[-3000:]}")
 
 
 def http_body(raw):

@@ -22,6 +22,7 @@ import pytest
 
 from adminutil import admin_section
 from netutil import LOOPBACK4, Client
+from procstat import fd_count, sanitized, wait_fds
 from promutil import scrape
 from servers import echo_handler
 import tlsfix
@@ -380,25 +381,6 @@ def test_oversized_record_in_tunnel(start_proxy, certs, tcp_server, version):
 
 
 # ---- clients that vanish ---------------------------------------------------------------------
-
-
-def sanitized(pid):
-    """True when the proxy runs under AddressSanitizer (make asan), as in test_stress.py."""
-    with open(f"/proc/{pid}/maps") as f:
-        return "libasan" in f.read()
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_fds(pid, want, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        n = fd_count(pid)
-        if n <= want or time.monotonic() > deadline:
-            return n
-        time.sleep(0.05)
 
 
 def test_drop_mid_tunnel_without_close_notify(start_proxy, certs, tcp_server):
