@@ -21,6 +21,7 @@ import time
 import pytest
 
 from netutil import SUCCESS_REPLY, Client, Response
+from procstat import fd_count
 from servers import Blackhole, echo_handler, no_read_handler, reset_mid_stream_handler
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -39,10 +40,6 @@ def cpu_seconds(pid):
         text = f.read()
     fields = text[text.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def wait_fds(pid, want, slack=0, timeout=5.0):
